@@ -1,0 +1,114 @@
+"""The `bigscene` command: one subcommand per pipeline stage, each on a workspace `-w WS`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from bigscene import __version__
+from bigscene.config import Config, load_config
+from bigscene.errors import BigsceneError
+
+log = logging.getLogger("bigscene")
+console = Console(stderr=False)
+
+_HIDDEN_KEYS = {"fingerprint", "stage"}
+
+
+def print_summary(title: str, summary: dict[str, Any]) -> None:
+    """The stage summary as a two-column table."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for key, value in summary.items():
+        if key in _HIDDEN_KEYS:
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list) and len(value) > 8:
+            value = f"{value[:8]} … ({len(value)} in all)"
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-w", "--workspace", required=True, metavar="WS", help="workspace directory or URL")
+    parser.add_argument("-c", "--config", default=None, help="YAML config (a path, or a name in configs/)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a different scene in the workspace")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. scene.up=points"
+    )
+
+
+def _ingest(args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    from bigscene.scene.ingest import run_ingest
+
+    fmt = None if args.format == "auto" else args.format
+    return run_ingest(args.source, args.workspace, config, fmt=fmt, overwrite=args.overwrite)
+
+
+def _sfm(args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    from bigscene.scene.ingest import run_sfm_stage
+
+    return run_sfm_stage(args.images_dir, args.workspace, config, overwrite=args.overwrite)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bigscene", description="City-scale 3D reconstruction from photographs, block by block."
+    )
+    parser.add_argument("--version", action="version", version=f"bigscene {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    ingest = stages.add_parser(
+        "ingest",
+        help="read a COLMAP model, transforms.json, Blender or NeuS scene into the workspace",
+        description="Read an input scene, check its images, normalise it (z up, ROI) and write WS/scene.zarr.",
+    )
+    ingest.add_argument("source", help="COLMAP model/project folder, transforms.json, Blender or NeuS folder")
+    ingest.add_argument(
+        "--format", default="auto", choices=("auto", "colmap", "transforms", "blender", "neus"), help="input format"
+    )
+    _add_common(ingest)
+    ingest.set_defaults(handler=_ingest)
+
+    sfm = stages.add_parser(
+        "sfm",
+        help="structure from motion on a folder of photos (pycolmap), then ingest the model",
+        description="Extract and match SIFT features, map incrementally or globally, keep the largest model, "
+        "normalise it and write WS/scene.zarr.",
+    )
+    sfm.add_argument("images_dir", help="folder of photos")
+    _add_common(sfm)
+    sfm.set_defaults(handler=_sfm)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+    handler: Callable[[argparse.Namespace, Config], dict[str, Any]] = args.handler
+    try:
+        config = load_config(args.config, args.overrides)
+        summary = handler(args, config)
+    except BigsceneError as err:
+        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        return 2
+    print_summary(f"bigscene {args.stage}: {args.workspace}/{args.stage}.json", summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
