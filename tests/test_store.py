@@ -1,0 +1,89 @@
+"""The workspace scene store: written through bigscene.store, read back identically."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from bigscene.errors import WorkspaceError
+from bigscene.scene import Camera, ImageRecord, Scene, SparsePoints
+from bigscene.store import SCHEMA_VERSION, has_scene, read_scene, scene_path, write_scene
+
+
+def make_scene(num_images: int = 5, num_points: int = 50, seed: int = 0) -> Scene:
+    rng = np.random.default_rng(seed)
+    cameras = {
+        3: Camera("OPENCV", 64, 48, (50.0, 51.0, 32.5, 24.25, -0.1, 0.01, 1e-3, -2e-3)),
+        7: Camera("SIMPLE_PINHOLE", 32, 24, (30.0, 16.0, 12.0)),
+    }
+    images = [ImageRecord(f"img_{i:03d}.png", 3 if i % 2 else 7, i, "test" if i == 2 else "train") for i in range(num_images)]
+    q, _ = np.linalg.qr(rng.normal(size=(num_images, 3, 3)))
+    c2w = np.tile(np.eye(4), (num_images, 1, 1))
+    c2w[:, :3, :3] = q * np.sign(np.linalg.det(q))[:, None, None]
+    c2w[:, :3, 3] = rng.normal(size=(num_images, 3))
+    points = SparsePoints(
+        rng.normal(size=(num_points, 3)),
+        rng.integers(0, 256, size=(num_points, 3), dtype=np.uint8),
+        rng.integers(2, 9, size=num_points).astype(np.int32),
+        rng.random(num_points).astype(np.float32),
+    )
+    transform = np.diag([2.0, 2.0, 2.0, 1.0])
+    transform[:3, 3] = [1, 2, 3]
+    return Scene(cameras, images, c2w, points, "/data/images", np.array([[-1, -2, -3], [1, 2, 3.0]]), transform, (0.0, 0.5, 1.0))
+
+
+def assert_same_scene(a: Scene, b: Scene) -> None:
+    assert a.cameras == b.cameras
+    assert a.images == b.images
+    np.testing.assert_array_equal(a.c2w, b.c2w)
+    for name in ("xyz", "rgb", "track_length", "error"):
+        np.testing.assert_array_equal(getattr(a.points, name), getattr(b.points, name))
+        assert getattr(a.points, name).dtype == getattr(b.points, name).dtype
+    np.testing.assert_array_equal(a.roi, b.roi)
+    np.testing.assert_array_equal(a.world_from_input, b.world_from_input)
+    assert (a.image_root, a.background) == (b.image_root, b.background)
+
+
+def test_scene_round_trips_identically(tmp_path: Path) -> None:
+    scene = make_scene()
+    write_scene(tmp_path, scene)
+    assert has_scene(tmp_path)
+    assert_same_scene(scene, read_scene(tmp_path))
+
+
+def test_rewrite_replaces_whole_store_and_leaves_no_staging(tmp_path: Path) -> None:
+    write_scene(tmp_path, make_scene(5, 50, seed=0))
+    second = make_scene(3, 0, seed=1)
+    write_scene(tmp_path, second)
+    assert_same_scene(second, read_scene(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.zarr"]
+
+
+def test_missing_store_says_which_stage_to_run(tmp_path: Path) -> None:
+    assert not has_scene(tmp_path)
+    with pytest.raises(WorkspaceError, match="bigscene ingest"):
+        read_scene(tmp_path)
+
+
+def test_store_without_completion_marker_is_incomplete(tmp_path: Path) -> None:
+    write_scene(tmp_path, make_scene())
+    root = zarr.open_group(scene_path(tmp_path), mode="r+")
+    root.attrs["complete"] = False
+    assert not has_scene(tmp_path)
+    with pytest.raises(WorkspaceError, match="incomplete"):
+        read_scene(tmp_path)
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    write_scene(tmp_path, make_scene())
+    root = zarr.open_group(scene_path(tmp_path), mode="r+")
+    root.attrs["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(WorkspaceError, match="newer bigscene"):
+        read_scene(tmp_path)
+
+
+def test_fsspec_memory_url_workspace() -> None:
+    scene = make_scene()
+    write_scene("memory://bigscene-test-ws", scene)
+    assert_same_scene(scene, read_scene("memory://bigscene-test-ws"))
