@@ -31,7 +31,11 @@ def print_table(title: str, rows: list[BenchRow], console: Console | None = None
     for row in rows:
         better = "higher" if row.higher_is_better else "lower"
         table.add_row(
-            row.name, f"{row.figure:,.1f}", row.baseline_name, f"{row.baseline:,.1f}", f"{row.ratio:.2f}x",
+            row.name,
+            f"{row.figure:,.1f}",
+            row.baseline_name,
+            f"{row.baseline:,.1f}",
+            f"{row.ratio:.2f}x",
             f"{row.unit} ({better} is better)",
         )
     (console or Console(width=140)).print(table)

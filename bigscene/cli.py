@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("source", help="COLMAP model/project folder, transforms.json, Blender or NeuS folder")
     ingest.add_argument(
-        "--format", default="auto", choices=("auto", "colmap", "transforms", "blender", "neus"), help="input format"
+        "--format",
+        default="auto",
+        choices=("auto", "colmap", "transforms", "blender", "neus"),
+        help="input format",
     )
     _add_common(ingest)
     ingest.set_defaults(handler=_ingest)

@@ -46,7 +46,9 @@ class SceneConfig:
         _check_choice("scene", "format", self.format, ("auto", "colmap", "transforms", "blender", "neus"))
         _check_choice("scene", "image_mismatch", self.image_mismatch, ("error", "resize", "crop"))
         _check_choice("scene", "up", self.up, ("auto", "cameras", "points"))
-        _check_choice("scene", "matcher", self.matcher, ("auto", "exhaustive", "sequential", "spatial", "vocabtree"))
+        _check_choice(
+            "scene", "matcher", self.matcher, ("auto", "exhaustive", "sequential", "spatial", "vocabtree")
+        )
         _check_choice("scene", "mapper", self.mapper, ("incremental", "global"))
         if len(self.background) != 3:
             raise ConfigError(f"scene.background={self.background}: expected three values in [0, 1]")
@@ -59,13 +61,51 @@ class SceneConfig:
 
 @dataclass
 class PartitionConfig:
-    """Spatial blocks over the ROI's ground plane."""
+    """Spatial blocks over the ROI's ground plane, and how pixel rays are assigned to them."""
 
     rows: int = 2
     cols: int = 2
     overlap: float = 0.15  # outer box = inner box grown by this fraction
     voxel_size: float = 0.05  # surface voxels, scene units
     min_track_length: int = 2
+    layout: str = "grid"  # grid: rows x cols equal cells | kd: num_blocks cells of similar SfM point counts
+    num_blocks: int = 4  # target block count for layout=kd
+    height_margin: float = 0.1  # a block's height range: its points' z range grown by this fraction each way
+    visibility_margin: float = (
+        0.1  # scene units: a block may start this far past the ray's first surface voxel
+    )
+    visibility_max_cells: int = 2**25  # cap on the dense visibility grid; coarser cells beyond it
+    sky: str = "background"  # rays crossing no block: background (of the nearest block) | drop
+    images_per_task: int = 8  # images one task reads, assigns and writes; bounds a task's memory
+    chunk_rays: int = 65536  # rays per Zarr chunk
+    probe_stride: int = 8  # pixel stride of the cheap pass that finds blocks without rays
+    merge_empty: bool = False  # merge a block without rays into a neighbour instead of failing
+    skip_bad_images: bool = False  # skip (and count) missing or corrupt images instead of failing
+    seed: int = 0  # shuffling rays within each task's write
+    engine: str = "ray"  # ray | inline (same task functions in this process)
+    num_cpus: int = 0  # local Ray cluster size; 0 = all cores (ignored with --address)
+    max_retries: int = 3  # retries of a failed task (worker death or transient error)
+
+    def __post_init__(self) -> None:
+        _check_choice("partition", "layout", self.layout, ("grid", "kd"))
+        _check_choice("partition", "sky", self.sky, ("background", "drop"))
+        _check_choice("partition", "engine", self.engine, ("ray", "inline"))
+        positive = {
+            "rows": self.rows,
+            "cols": self.cols,
+            "num_blocks": self.num_blocks,
+            "voxel_size": self.voxel_size,
+            "images_per_task": self.images_per_task,
+            "chunk_rays": self.chunk_rays,
+            "probe_stride": self.probe_stride,
+            "visibility_max_cells": self.visibility_max_cells,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"partition.{key}={value}: must be positive")
+        for key in ("overlap", "height_margin", "visibility_margin", "num_cpus", "max_retries"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"partition.{key}={getattr(self, key)}: must not be negative")
 
 
 @dataclass

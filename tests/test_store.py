@@ -17,7 +17,10 @@ def make_scene(num_images: int = 5, num_points: int = 50, seed: int = 0) -> Scen
         3: Camera("OPENCV", 64, 48, (50.0, 51.0, 32.5, 24.25, -0.1, 0.01, 1e-3, -2e-3)),
         7: Camera("SIMPLE_PINHOLE", 32, 24, (30.0, 16.0, 12.0)),
     }
-    images = [ImageRecord(f"img_{i:03d}.png", 3 if i % 2 else 7, i, "test" if i == 2 else "train") for i in range(num_images)]
+    images = [
+        ImageRecord(f"img_{i:03d}.png", 3 if i % 2 else 7, i, "test" if i == 2 else "train")
+        for i in range(num_images)
+    ]
     q, _ = np.linalg.qr(rng.normal(size=(num_images, 3, 3)))
     c2w = np.tile(np.eye(4), (num_images, 1, 1))
     c2w[:, :3, :3] = q * np.sign(np.linalg.det(q))[:, None, None]
@@ -30,7 +33,16 @@ def make_scene(num_images: int = 5, num_points: int = 50, seed: int = 0) -> Scen
     )
     transform = np.diag([2.0, 2.0, 2.0, 1.0])
     transform[:3, 3] = [1, 2, 3]
-    return Scene(cameras, images, c2w, points, "/data/images", np.array([[-1, -2, -3], [1, 2, 3.0]]), transform, (0.0, 0.5, 1.0))
+    return Scene(
+        cameras,
+        images,
+        c2w,
+        points,
+        "/data/images",
+        np.array([[-1, -2, -3], [1, 2, 3.0]]),
+        transform,
+        (0.0, 0.5, 1.0),
+    )
 
 
 def assert_same_scene(a: Scene, b: Scene) -> None:

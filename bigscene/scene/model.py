@@ -24,7 +24,7 @@ class ImageRecord:
 
 @dataclass
 class SparsePoints:
-    """SfM points. xyz: (P, 3) float64, rgb: (P, 3) uint8, track_length: (P,) int32, error: (P,) float32 px."""
+    """SfM points. xyz: (P, 3) float64, rgb: (P, 3) uint8, track_length: (P,) int32, error: (P,) float32."""
 
     xyz: np.ndarray
     rgb: np.ndarray
@@ -73,7 +73,9 @@ class Scene:
         """Raise InputError naming `source` for anything later stages cannot use."""
         if not self.images:
             raise InputError(source, "no registered images")
-        bad = [im.name for im, pose in zip(self.images, self.c2w) if not np.all(np.isfinite(pose))]
+        bad = [
+            im.name for im, pose in zip(self.images, self.c2w, strict=True) if not np.all(np.isfinite(pose))
+        ]
         if bad:
             raise InputError(source, f"non-finite camera pose for {len(bad)} image(s), first: {bad[0]}")
         missing = {im.camera_id for im in self.images} - set(self.cameras)

@@ -126,19 +126,21 @@ def read_scene(workspace: str | os.PathLike) -> Scene:
             "upgrade bigscene or ingest into a new workspace"
         )
     if not root.attrs.get("complete", False):
-        raise WorkspaceError(f"{path}: incomplete scene store (interrupted write); re-run the stage that writes it")
+        raise WorkspaceError(
+            f"{path}: incomplete scene store (interrupted write); re-run the stage that writes it"
+        )
 
     cams = root["cameras"]
     cameras = {}
     for cid, model, width, height, params in zip(
-        cams["id"][:], cams["model"][:], cams["width"][:], cams["height"][:], cams["params"][:]
+        cams["id"][:], cams["model"][:], cams["width"][:], cams["height"][:], cams["params"][:], strict=True
     ):
         cameras[int(cid)] = Camera(str(model), int(width), int(height), tuple(params[~np.isnan(params)]))
     ims = root["images"]
     images = [
         ImageRecord(str(name), int(cid), int(aid), str(split))
         for name, cid, aid, split in zip(
-            ims["name"][:], ims["camera_id"][:], ims["appearance_id"][:], ims["split"][:]
+            ims["name"][:], ims["camera_id"][:], ims["appearance_id"][:], ims["split"][:], strict=True
         )
     ]
     pts = root["points"]
