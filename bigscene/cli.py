@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from bigscene import __version__
@@ -34,17 +35,18 @@ def print_summary(title: str, summary: dict[str, Any]) -> None:
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         elif isinstance(value, list) and len(value) > 8:
             value = f"{value[:8]} … ({len(value)} in all)"
-        table.add_row(key, str(value))
+        table.add_row(key, escape(str(value)))
     console.print(table)
 
 
+OVERRIDES_HELP = "Any config key can follow as section.key=value, e.g. scene.up=points train.steps=500."
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = OVERRIDES_HELP
     parser.add_argument("-w", "--workspace", required=True, metavar="WS", help="workspace directory or URL")
     parser.add_argument("-c", "--config", default=None, help="YAML config (a path, or a name in configs/)")
     parser.add_argument("--overwrite", action="store_true", help="replace a different scene in the workspace")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. scene.up=points"
-    )
 
 
 def _ingest(args: argparse.Namespace, config: Config) -> dict[str, Any]:
@@ -95,8 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Options anywhere on the line; every bare `section.key=value` is a config override."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    args.overrides = [item for item in extra if "=" in item and not item.startswith("-")]
+    unknown = [item for item in extra if item not in args.overrides]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",
@@ -107,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
         summary = handler(args, config)
     except BigsceneError as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         return 2
     print_summary(f"bigscene {args.stage}: {args.workspace}/{args.stage}.json", summary)
     return 0

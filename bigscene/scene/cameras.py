@@ -95,9 +95,7 @@ class Camera:
                 value *= sy
             elif name == "f":
                 if not np.isclose(sx, sy):
-                    raise InputError(
-                        "camera", f"{self.model} has one focal length; cannot scale by {sx}, {sy}"
-                    )
+                    raise InputError("camera", f"{self.model} has one focal length; cannot scale by {sx}, {sy}")
                 value *= sx
             out.append(value)
         return Camera(self.model, width, height, tuple(out))
