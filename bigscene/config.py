@@ -71,9 +71,7 @@ class PartitionConfig:
     layout: str = "grid"  # grid: rows x cols equal cells | kd: num_blocks cells of similar SfM point counts
     num_blocks: int = 4  # target block count for layout=kd
     height_margin: float = 0.1  # a block's height range: its points' z range grown by this fraction each way
-    visibility_margin: float = (
-        0.1  # scene units: a block may start this far past the ray's first surface voxel
-    )
+    visibility_margin: float = 0.1  # scene units a block may start past the ray's first surface voxel
     visibility_max_cells: int = 2**25  # cap on the dense visibility grid; coarser cells beyond it
     sky: str = "background"  # rays crossing no block: background (of the nearest block) | drop
     images_per_task: int = 8  # images one task reads, assigns and writes; bounds a task's memory
@@ -110,25 +108,85 @@ class PartitionConfig:
 
 @dataclass
 class ModelConfig:
-    """The field each block trains."""
+    """The field each block trains (bigscene.fields)."""
 
     kind: str = "neus"  # neus | nerf
+    # position encoding: a registered Encoding name (hashgrid; a fused kernel registers its own name)
+    encoding: str = "hashgrid"
     hash_levels: int = 16
-    hash_features: int = 2
-    hash_table_log2: int = 19
-    base_resolution: int = 16
-    finest_resolution: int = 2048
-    hidden_dim: int = 64
-    appearance_dim: int = 16
+    hash_features: int = 2  # features per level
+    hash_table_log2: int = 19  # entries per hashed level = 2**hash_table_log2
+    base_resolution: int = 16  # cells per axis of the coarsest level over the block's cube
+    finest_resolution: int = 2048  # cells per axis of the finest level
+    hidden_dim: int = 64  # SDF / density network width
+    num_layers: int = 2  # hidden layers of the SDF / density network
+    feature_dim: int = 15  # geometry feature passed from the SDF / density network to the colour network
+    color_hidden_dim: int = 64
+    color_layers: int = 2  # hidden layers of the colour network
+    sh_degree: int = 4  # view directions: spherical harmonics with sh_degree**2 coefficients
+    appearance_dim: int = 16  # per-image appearance code (NeRF-W); 0 disables
+    # NeuS
+    geometric_init: str = "sphere"  # sphere | inside_out (cameras inside the sphere) | plane (ground)
+    init_radius: float = 0.5  # sphere init radius, as a fraction of the block's half-extent
+    init_ground_height: float = 0.1  # plane init height, as a fraction of the box height from its bottom
+    init_variance: float = 0.3  # NeuS variance: inverse std s = exp(10 * variance)
+    normals: str = "autograd"  # autograd (exact) | finite_difference (central, Neuralangelo)
+    fd_step: float = 1e-3  # finite-difference step, scene units
+    # background beyond each ray's far bound
+    background: str = "inverted_sphere"  # none | inverted_sphere (NeRF++) | contraction (mip-NeRF 360)
+    background_freqs: int = 10  # frequency encoding of the background parametrisation
+    background_hidden_dim: int = 64
+    sky: bool = True  # a view-direction sky colour behind the background
+
+    def __post_init__(self) -> None:
+        _check_choice("model", "kind", self.kind, ("neus", "nerf"))
+        _check_choice("model", "geometric_init", self.geometric_init, ("sphere", "inside_out", "plane"))
+        _check_choice("model", "normals", self.normals, ("autograd", "finite_difference"))
+        _check_choice("model", "background", self.background, ("none", "inverted_sphere", "contraction"))
+        for key in ("hash_levels", "hash_features", "base_resolution", "hidden_dim", "num_layers", "color_hidden_dim"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"model.{key}={getattr(self, key)}: must be positive")
+        if self.fd_step <= 0:
+            raise ConfigError(f"model.fd_step={self.fd_step}: must be positive")
+        if self.finest_resolution < self.base_resolution:
+            raise ConfigError(
+                f"model.finest_resolution={self.finest_resolution}: below base_resolution={self.base_resolution}"
+            )
 
 
 @dataclass
 class SamplerConfig:
-    """How samples are placed along rays."""
+    """How samples are placed along rays (bigscene.render)."""
 
     kind: str = "surface_guided"  # uniform | importance | surface_guided
-    num_samples: int = 64
-    num_importance: int = 32
+    num_samples: int = 64  # uniform samples per ray (uniform; the coarse pass of importance)
+    num_importance: int = 32  # importance samples per ray, added over upsample_steps rounds
+    upsample_steps: int = 4  # NeuS up-sampling rounds, inverse std base_inv_s * 2**round
+    base_inv_s: float = 64.0
+    stratified: bool = True  # jitter samples within their strata while training
+    # surface-guided (NeuralRecon-W): samples in occupied sparse voxels, around the cached surface, and uniform
+    voxel_samples: int = 32  # per ray, spread over the ray's occupied voxels
+    surface_samples: int = 16  # per ray, in [depth - surface_band, depth + surface_band]
+    guided_uniform_samples: int = 8  # per ray, uniform in [near, far]
+    surface_band: float = 0.05  # half-width of the band around the surface hit, scene units
+    voxel_threshold: float = 1.0  # an update keeps voxels with |sdf(centre)| < voxel_threshold * voxel size
+    voxel_subdivide: int = 2  # an update splits each voxel into voxel_subdivide**3 children ...
+    min_voxel_size: float = 0.01  # ... while the children are no smaller than this (scene units)
+    voxel_dilate: int = 1  # an update also re-evaluates neighbours this many voxels away, to follow the surface
+    background_samples: int = 32  # samples per ray beyond its far bound, uniform in inverse depth
+    # NeuS opacity per interval: from the SDF at its ends (the paper; exact for any spacing) | at its mid-point,
+    # ends extrapolated with the gradient (NeuS's code; needs evenly dense samples)
+    neus_section: str = "ends"  # ends | mid
+
+    def __post_init__(self) -> None:
+        _check_choice("sampler", "kind", self.kind, ("uniform", "importance", "surface_guided"))
+        _check_choice("sampler", "neus_section", self.neus_section, ("ends", "mid"))
+        for key in ("num_samples", "upsample_steps", "base_inv_s", "voxel_subdivide", "min_voxel_size"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"sampler.{key}={getattr(self, key)}: must be positive")
+        for key in ("num_importance", "voxel_samples", "surface_samples", "guided_uniform_samples", "voxel_dilate"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"sampler.{key}={getattr(self, key)}: must not be negative")
 
 
 @dataclass
