@@ -62,6 +62,19 @@ def _sfm(args: argparse.Namespace, config: Config) -> dict[str, Any]:
     return run_sfm_stage(args.images_dir, args.workspace, config, overwrite=args.overwrite)
 
 
+def _synth(args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    from bigscene.synth import generate, make_config
+
+    overrides = dict(item.split("=", 1) for item in args.synth_overrides)
+    return generate(make_config(args.preset, overrides), args.workspace, overwrite=args.overwrite)
+
+
+def _partition(args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    from partitioning import run_partition
+
+    return run_partition(args.workspace, config, address=args.address, overwrite=args.overwrite)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bigscene", description="City-scale 3D reconstruction from photographs, block by block."
@@ -94,6 +107,26 @@ def build_parser() -> argparse.ArgumentParser:
     sfm.add_argument("images_dir", help="folder of photos")
     _add_common(sfm)
     sfm.set_defaults(handler=_sfm)
+
+    synth = stages.add_parser(
+        "synth",
+        help="generate a synthetic city with ground truth (images, scene, COLMAP, transforms.json, mesh)",
+        description="Render a seeded procedural city: posed images, sparse points, test-view depth and normals, "
+        "a ground-truth mesh and SDF. Preset fields are overridden as synth.FIELD=value.",
+    )
+    synth.add_argument("--preset", default="tiny", help="tiny | small | city | scale | sfm (default: tiny)")
+    _add_common(synth)
+    synth.set_defaults(handler=_synth)
+
+    partition = stages.add_parser(
+        "partition",
+        help="split the scene into spatial blocks and write each block's rays and surface voxels (Ray)",
+        description="Lay out blocks over the ROI, seed surface voxels from SfM points, assign every training "
+        "pixel's ray to the blocks that can see it and write WS/blocks/<id>/{block.json,rays.zarr,voxels.zarr}.",
+    )
+    partition.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. auto or host:6379)")
+    _add_common(partition)
+    partition.set_defaults(handler=_partition)
     return parser
 
 
@@ -101,8 +134,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """Options anywhere on the line; every bare `section.key=value` is a config override."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    args.overrides = [item for item in extra if "=" in item and not item.startswith("-")]
-    unknown = [item for item in extra if item not in args.overrides]
+    assignments = [item for item in extra if "=" in item and not item.startswith("-")]
+    args.synth_overrides = [item for item in assignments if item.startswith("synth.")]
+    args.overrides = [item for item in assignments if not item.startswith("synth.")]
+    unknown = [item for item in extra if item not in assignments]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args

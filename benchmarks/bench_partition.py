@@ -1,0 +1,228 @@
+"""Partitioning throughput and memory.
+
+- Assignment: rays/s on one core for the vectorised assignment (all blocks at once, one visibility march
+  per ray) against a straightforward per-block numpy loop, on the same rays; the two must agree.
+- End to end: rays written/s by `run_partition` with the inline engine (one core), against writing the
+  same number of rays straight into one store (the I/O ceiling).
+- Memory: peak RSS of a whole partition run in a fresh process for 1k and 10k image poses: it must stay
+  flat, since memory is bounded by a batch, not by the scene.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from benchmarks.table import BenchRow, print_table
+from bigscene.config import load_config
+from bigscene.scene import Camera, ImageRecord, Scene, SparsePoints
+from bigscene.store import write_scene
+from bigscene.store.blocks import RayStoreWriter, rays_path, read_rays
+from partitioning.assign import BlockBoxes, assign, nearest_footprint, slab, tile_order
+from partitioning.layout import grid_cells, make_blocks, order_cells
+from partitioning.stage import run_partition
+from partitioning.tasks import ImageJob, image_rays
+from partitioning.voxels import Lattice, VisibilityGrid, visibility_grid
+
+log = logging.getLogger(__name__)
+
+ROI = np.array([[-1.0, -1.0, -0.05], [1.0, 1.0, 0.5]])
+GRID = 8  # GRID x GRID blocks
+VOXEL = 0.02
+MARGIN = 0.1
+
+
+def city_points(seed: int = 0) -> np.ndarray:
+    """(P, 3) points on a ground plane and random box buildings inside the ROI."""
+    rng = np.random.default_rng(seed)
+    ground = np.column_stack([rng.uniform(-1, 1, (60_000, 2)), np.zeros(60_000)])
+    walls = []
+    for _ in range(40):
+        lo = rng.uniform(-0.95, 0.8, 2)
+        size = rng.uniform(0.05, 0.15, 2)
+        height = rng.uniform(0.1, 0.45)
+        pts = rng.uniform(0, 1, (1500, 3)) * [*size, height] + [*lo, 0.0]
+        face = rng.integers(0, 5, 1500)  # snap each sample to one of four walls or the roof
+        pts[face == 0, 0] = lo[0]
+        pts[face == 1, 0] = lo[0] + size[0]
+        pts[face == 2, 1] = lo[1]
+        pts[face == 3, 1] = lo[1] + size[1]
+        pts[face == 4, 2] = height
+        walls.append(pts)
+    return np.concatenate([ground, *walls])
+
+
+def poses(count: int, seed: int = 0) -> np.ndarray:
+    """(count, 4, 4) oblique aerial cameras over the city, OpenCV camera-to-world."""
+    rng = np.random.default_rng(seed)
+    out = np.tile(np.eye(4), (count, 1, 1))
+    for i in range(count):
+        position = np.array([*rng.uniform(-1.2, 1.2, 2), rng.uniform(0.9, 1.4)])
+        z = np.array([*rng.uniform(-0.6, 0.6, 2), -1.0])
+        z /= np.linalg.norm(z)
+        x = np.cross(z, [0.0, 0.0, 1.0])
+        x /= np.linalg.norm(x)
+        out[i, :3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
+        out[i, :3, 3] = position
+    return out
+
+
+def layout(xyz: np.ndarray) -> tuple[BlockBoxes, VisibilityGrid]:
+    cells = order_cells(grid_cells(ROI[:, :2], GRID, GRID))
+    blocks = make_blocks(cells, xyz, 0.15, 0.1, 2 * VOXEL)
+    outer = np.stack([b.outer for b in blocks])
+    boxes = BlockBoxes(
+        outer.astype(np.float32),
+        np.stack([b.inner[:, :2] for b in blocks]).astype(np.float32),
+        np.array([b.ground for b in blocks], dtype=np.float32),
+    )
+    return boxes, visibility_grid(xyz, outer, Lattice(ROI[0], VOXEL), 1 << 25)
+
+
+def per_block_loop(o: np.ndarray, d: np.ndarray, boxes: BlockBoxes, grid: VisibilityGrid) -> set[tuple[int, int]]:
+    """The straightforward baseline: one block at a time, one visibility march per (ray, block)."""
+    t0s, crosses = [], []
+    for b in range(len(boxes)):
+        t0, t1 = slab(o, d, boxes.outer[b : b + 1, 0], boxes.outer[b : b + 1, 1])
+        entry_z = o[:, 2] + t0[:, 0] * d[:, 2]
+        t0s.append(t0[:, 0])
+        crosses.append((t1[:, 0] > t0[:, 0]) & ~((t0[:, 0] > 0) & (entry_z < boxes.ground[b])))
+    first = np.min([np.where(c, t, np.inf) for c, t in zip(crosses, t0s, strict=True)], axis=0)
+    pairs = set()
+    for b in range(len(boxes)):
+        rays = np.flatnonzero(crosses[b])
+        later = rays[t0s[b][rays] > first[rays]]
+        hit = grid.first_hit(o[later], d[later], first[later], t0s[b][later] - MARGIN)
+        blocked = later[t0s[b][later] > hit + MARGIN]
+        pairs.update(zip(np.setdiff1d(rays, blocked).tolist(), [b] * len(rays), strict=False))
+    sky = np.flatnonzero(np.isinf(first))
+    pairs.update(zip(sky.tolist(), nearest_footprint(o[sky], d[sky], boxes.inner_xy)[0].tolist(), strict=True))
+    return pairs
+
+
+def assignment_rows() -> list[BenchRow]:
+    xyz = city_points()
+    boxes, grid = layout(xyz)
+    camera = Camera.pinhole(300.0, 300.0, 160.0, 120.0, 320, 240)
+    origins, dirs = [], []
+    for i, c2w in enumerate(poses(4)):
+        pixels = camera.pixel_grid()[torch.from_numpy(tile_order(camera.width, camera.height))]
+        o, d = image_rays(ImageJob(i, "", camera, c2w), pixels)
+        origins.append(o)
+        dirs.append(d)
+    o, d = np.concatenate(origins), np.concatenate(dirs)
+
+    def best_of(fn: Callable[[], object], repeats: int = 2) -> tuple[float, object]:
+        best, out = float("inf"), None
+        for _ in range(repeats):
+            started = time.perf_counter()
+            out = fn()
+            best = min(best, time.perf_counter() - started)
+        return best, out
+
+    fast_s, found = best_of(lambda: assign(o, d, boxes, grid, MARGIN))
+    slow_s, expected = best_of(lambda: per_block_loop(o, d, boxes, grid), repeats=1)
+    if set(zip(found.ray.tolist(), found.block.tolist(), strict=True)) != expected:
+        raise AssertionError("vectorised assignment disagrees with the per-block loop")
+    n = len(o)
+    log.info("assignment: %d rays, %d blocks, %.2f blocks per ray", n, len(boxes), len(found.ray) / n)
+    return [BenchRow(f"assigned rays/s/core, {GRID}x{GRID} blocks", n / fast_s, "per-block loop", n / slow_s, "rays/s")]
+
+
+def make_workspace(root: Path, count: int, width: int, height: int) -> Path:
+    """A workspace of `count` posed images (all one gradient picture: content does not matter here)."""
+    root.mkdir(parents=True)
+    images = root / "images"
+    images.mkdir()
+    gradient = np.linspace(0, 255, width * height * 3).reshape(height, width, 3).astype(np.uint8)
+    Image.fromarray(gradient).save(images / "base.png")
+    data = (images / "base.png").read_bytes()
+    records = []
+    for i in range(count):
+        (images / f"{i:05d}.png").write_bytes(data)
+        records.append(ImageRecord(f"{i:05d}.png", 0, i, "train"))
+    xyz = city_points()
+    points = SparsePoints(
+        xyz, np.zeros((len(xyz), 3), np.uint8), np.full(len(xyz), 3, np.int32), np.zeros(len(xyz), np.float32)
+    )
+    camera = Camera.pinhole(0.9 * width, 0.9 * width, width / 2, height / 2, width, height)
+    write_scene(root, Scene({0: camera}, records, poses(count), points, str(images), ROI))
+    return root
+
+
+def end_to_end_rows(tmp: Path) -> list[BenchRow]:
+    ws = make_workspace(tmp / "e2e", 32, 320, 240)
+    overrides = ["partition.engine=inline", f"partition.rows={GRID}", f"partition.cols={GRID}"]
+    config = load_config(None, [*overrides, f"partition.voxel_size={VOXEL}"])
+    started = time.perf_counter()
+    summary = run_partition(str(ws), config)
+    e2e_s = time.perf_counter() - started
+
+    # the I/O ceiling: the same number of rays written straight into one store, nothing else
+    largest = max(summary["rays_per_block"], key=summary["rays_per_block"].get)
+    sample = read_rays(rays_path(str(ws), largest))
+    writer = RayStoreWriter(str(tmp / "one.zarr"), summary["rays"], config.partition.chunk_rays)
+    started = time.perf_counter()
+    for start in range(0, summary["rays"], len(sample)):
+        writer.append(sample.take(slice(0, min(len(sample), summary["rays"] - start))))
+    writer.close()
+    io_s = time.perf_counter() - started
+    log.info("end to end: %d pixels, %d rays in %.1f s", summary["pixels"], summary["rays"], e2e_s)
+    return [
+        BenchRow(
+            "rays written/s end to end (inline, 1 core)",
+            summary["rays"] / e2e_s,
+            "writing them to one store",
+            summary["rays"] / io_s,
+            "rays/s",
+        )
+    ]
+
+
+#: A whole partition run in a fresh process; prints its peak RSS (VmHWM, which unlike ru_maxrss does not
+#: inherit the parent's peak across fork and exec) and the rays it wrote.
+_CHILD = """
+import re, sys
+from bigscene.config import load_config
+from partitioning.stage import run_partition
+config = load_config(None, ["partition.engine=inline", "partition.images_per_task=64", "partition.probe_stride=4"])
+summary = run_partition(sys.argv[1], config)
+status = open("/proc/self/status").read()
+print(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1), summary["rays"])
+"""
+
+
+def peak_rss_mib(ws: Path) -> float:
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(ws)], check=True, capture_output=True, text=True)
+    kib, rays = out.stdout.split()[-2:]
+    log.info("%s: %s rays, peak RSS %.0f MiB", ws.name, rays, int(kib) / 1024)
+    return int(kib) / 1024
+
+
+def memory_rows(tmp: Path) -> list[BenchRow]:
+    small = peak_rss_mib(make_workspace(tmp / "poses_1k", 1_000, 16, 12))
+    large = peak_rss_mib(make_workspace(tmp / "poses_10k", 10_000, 16, 12))
+    return [BenchRow("peak RSS, 10k poses", large, "1k poses", small, "MiB", higher_is_better=False)]
+
+
+def run() -> list[BenchRow]:
+    torch.set_num_threads(1)
+    rows = assignment_rows()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows += end_to_end_rows(Path(tmp))
+        rows += memory_rows(Path(tmp))
+    return rows
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print_table("partitioning (CPU)", run())

@@ -1,0 +1,239 @@
+"""The task functions every engine runs: probe a batch, write a batch, finalise a block.
+
+Each takes one job and the shared `Plan`, touches only its own files, and returns a small JSON-able
+record, so Ray can retry it and the inline engine can call it in-process. `write_batch` writes its
+rays to a part store named for this attempt and records the batch as done (a marker naming that
+part) only once the part is complete: a killed or retried attempt leaves at most an unreferenced part.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import time
+import uuid
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+import torch
+
+from bigscene.errors import InputError
+from bigscene.scene.cameras import Camera, generate_rays
+from bigscene.scene.images import load_image
+from bigscene.store.blocks import (
+    Rays,
+    RayStoreWriter,
+    batch_marker_path,
+    iter_part,
+    part_path,
+    rays_path,
+    write_part,
+)
+from bigscene.store.workspace import join, write_json_atomic
+from partitioning.assign import Assignment, BlockBoxes, assign, tile_order
+from partitioning.voxels import VisibilityGrid
+
+log = logging.getLogger(__name__)
+
+#: Environment variable for recovery tests: "<batch>:<raise|exit|hang>" makes that batch's first attempt
+#: fail after writing its part and before recording it as done; FAULT_DIR in the workspace keeps a flag
+#: per injected fault, so the retry runs clean and a test can see that the fault fired.
+FAULT_ENV = "BIGSCENE_PARTITION_FAULT"
+FAULT_DIR = "partition_faults"
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One training image: global index, file path, intrinsics and (4, 4) camera-to-world pose."""
+
+    index: int
+    path: str
+    camera: Camera
+    c2w: np.ndarray
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """The images one task handles; `index` orders batches in every block's store."""
+
+    index: int
+    images: tuple[ImageJob, ...]
+
+
+@dataclass(frozen=True)
+class FinaliseJob:
+    """One block's parts, in batch order: (part store path, ray count) pairs."""
+
+    block_id: str
+    parts: tuple[tuple[str, int], ...]
+
+    @property
+    def count(self) -> int:
+        return sum(count for _, count in self.parts)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every task shares: the layout, the visibility grid and the write options."""
+
+    workspace: str
+    block_ids: tuple[str, ...]
+    boxes: BlockBoxes
+    grid: VisibilityGrid
+    visibility_margin: float
+    sky: str
+    background: tuple[float, float, float] | None  # RGBA images are composited on this colour
+    skip_bad_images: bool
+    chunk_rays: int
+    probe_stride: int
+    seed: int
+    fault: str = ""  # FAULT_ENV as read by the driver
+
+
+def image_rays(job: ImageJob, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Rays through pixel centres (N, 2) int64 (x, y): float32 origins (N, 3) and unit dirs (N, 3).
+
+    On one thread, as a task has one core (Ray's default; the inline engine runs tasks one by one):
+    torch's thread pool only slows these small element-wise ops down.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        origins, dirs = generate_rays(job.camera, torch.tensor(job.c2w, dtype=torch.float64), pixels)
+    finally:
+        torch.set_num_threads(threads)
+    return origins.numpy(), dirs.numpy()
+
+
+def _assign(job: ImageJob, pixels: torch.Tensor, plan: Plan) -> tuple[np.ndarray, np.ndarray, Assignment]:
+    origins, dirs = image_rays(job, pixels)
+    return origins, dirs, assign(origins, dirs, plan.boxes, plan.grid, plan.visibility_margin, plan.sky)
+
+
+def probe_batch(batch: BatchJob, plan: Plan) -> list[int]:
+    """Foreground rays per block from every `probe_stride`-th pixel of the batch's images (no image I/O)."""
+    counts = np.zeros(len(plan.block_ids), dtype=np.int64)
+    s = plan.probe_stride
+    for job in batch.images:
+        xs = torch.arange(s // 2, job.camera.width, s)
+        ys = torch.arange(s // 2, job.camera.height, s)
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        pixels = torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=-1)  # (n, 2)
+        _, _, found = _assign(job, pixels, plan)
+        counts += np.bincount(found.block[~found.background], minlength=len(counts))
+    return counts.tolist()
+
+
+def _load(job: ImageJob, plan: Plan) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of a training image; InputError if missing, corrupt or of the wrong size."""
+    rgb = load_image(job.path, plan.background)
+    if rgb.shape[:2] != (job.camera.height, job.camera.width):
+        raise InputError(
+            job.path,
+            f"image is {rgb.shape[1]}x{rgb.shape[0]} but its camera is calibrated for "
+            f"{job.camera.width}x{job.camera.height}; re-ingest the scene",
+        )
+    return rgb
+
+
+def write_batch(batch: BatchJob, plan: Plan) -> dict:
+    """Read, assign and write one batch; returns (and records in the workspace) the batch's marker."""
+    num_blocks = len(plan.block_ids)
+    gathered: list[list[Rays]] = [[] for _ in range(num_blocks)]
+    background = np.zeros(num_blocks, dtype=np.int64)
+    block_images: list[list[int]] = [[] for _ in range(num_blocks)]
+    dropped = {"bad_image": 0, "invalid_ray": 0, "sky": 0}
+    pixels_total = assigned_pixels = 0
+    skipped: list[str] = []
+    for job in batch.images:
+        count = job.camera.width * job.camera.height
+        pixels_total += count
+        order = tile_order(job.camera.width, job.camera.height)  # (H*W,) pixels tile by tile
+        try:
+            rgb = _load(job, plan).reshape(-1, 3)[order]  # (H*W, 3)
+        except InputError as err:
+            if not plan.skip_bad_images:
+                raise
+            log.warning("skipping %s", err)
+            dropped["bad_image"] += count
+            skipped.append(job.path)
+            continue
+        pixels = job.camera.pixel_grid()[torch.from_numpy(order)]  # (H*W, 2) int64 (x, y)
+        origins, dirs, found = _assign(job, pixels, plan)
+        for reason, n in found.dropped.items():
+            dropped[reason] += n
+        assigned = np.zeros(count, dtype=bool)
+        assigned[found.ray] = True
+        assigned_pixels += int(assigned.sum())
+        by_block = np.argsort(found.block, kind="stable")
+        bounds = np.searchsorted(found.block[by_block], np.arange(num_blocks + 1))
+        pixel_xy = pixels.numpy()
+        for b in range(num_blocks):
+            rows = by_block[bounds[b] : bounds[b + 1]]
+            if not rows.size:
+                continue
+            ray = found.ray[rows]
+            gathered[b].append(
+                Rays(
+                    origins[ray], dirs[ray], rgb[ray], found.near_far[rows], np.full(len(ray), job.index), pixel_xy[ray]
+                )
+            )
+            background[b] += int(found.background[rows].sum())
+            block_images[b].append(job.index)
+
+    parts: dict[str, Rays] = {}
+    for b, block_id in enumerate(plan.block_ids):
+        if gathered[b]:
+            rays = Rays.concat(gathered[b])
+            shuffle = np.random.default_rng([plan.seed, batch.index, b]).permutation(len(rays))
+            parts[block_id] = rays.take(shuffle)
+    attempt = uuid.uuid4().hex[:12]
+    path = part_path(plan.workspace, batch.index, attempt)
+    write_part(path, parts)
+    _inject_fault(plan, batch.index)
+    marker = {
+        "batch": batch.index,
+        "attempt": attempt,
+        "part": path,
+        "images": [job.index for job in batch.images],
+        "pixels": pixels_total,
+        "assigned_pixels": assigned_pixels,
+        "dropped": dropped,
+        "skipped_images": skipped,
+        "rays": {block_id: len(parts[block_id]) for block_id in parts},
+        "background": {plan.block_ids[b]: int(n) for b, n in enumerate(background) if n},
+        "block_images": {plan.block_ids[b]: ims for b, ims in enumerate(block_images) if ims},
+    }
+    write_json_atomic(batch_marker_path(plan.workspace, batch.index), marker)
+    return marker
+
+
+def _inject_fault(plan: Plan, batch: int) -> None:
+    """The recovery tests' fault: on the first attempt at the named batch, raise, exit or hang."""
+    if not plan.fault:
+        return
+    target, _, kind = plan.fault.partition(":")
+    if int(target) != batch:
+        return
+    flag = join(plan.workspace, FAULT_DIR, f"{batch:06d}")
+    fs, p = fsspec.core.url_to_fs(flag)
+    if fs.exists(p):
+        return
+    fs.makedirs(posixpath.dirname(p), exist_ok=True)
+    fs.touch(p)
+    if kind == "exit":
+        os._exit(1)
+    if kind == "hang":
+        time.sleep(3600)
+    raise RuntimeError(f"injected fault in batch {batch} ({FAULT_ENV})")
+
+
+def finalise_block(job: FinaliseJob, plan: Plan) -> dict:
+    """Concatenate a block's parts, in batch order, into its `rays.zarr`, a few chunks of rays at a time."""
+    writer = RayStoreWriter(rays_path(plan.workspace, job.block_id), job.count, plan.chunk_rays)
+    for path, _ in job.parts:
+        for rays in iter_part(path, job.block_id):
+            writer.append(rays)
+    return {"block": job.block_id, "count": job.count, "checksum": writer.close()}

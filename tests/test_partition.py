@@ -1,0 +1,354 @@
+"""Partitioning on the analytic test city: layout, assignment, stores, engines, recovery and bad input.
+
+Real local Ray (2 CPUs) and real Zarr stores; the inline engine where the engine does not matter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from PIL import Image
+from test_partition_scene import HEIGHT, ROI, WIDTH, make_city, nadir_poses, ray_depth, surface_points
+
+from bigscene.config import Config, load_config
+from bigscene.errors import ConfigError, InputError, WorkspaceError
+from bigscene.store import read_scene, scene_path
+from bigscene.store.blocks import RAY_COLUMNS, RayChecksum, block_json_path, rays_path, read_rays, read_voxels
+from partitioning import run_partition
+from partitioning.assign import BlockBoxes, assign, slab
+from partitioning.layout import grid_cells, kd_cells, make_blocks, order_cells
+from partitioning.tasks import FAULT_DIR, FAULT_ENV
+from partitioning.voxels import Lattice, VisibilityGrid, visibility_grid
+
+OVERRIDES = ["partition.images_per_task=3", "partition.chunk_rays=2048"]
+
+
+def config(*overrides: str, engine: str = "inline") -> Config:
+    return load_config(None, [*OVERRIDES, f"partition.engine={engine}", *overrides])
+
+
+def copy_city(city: Path, dest: Path) -> str:
+    """A private copy of the city workspace (the scene store points at the shared images)."""
+    shutil.copytree(city / "scene.zarr", dest / "scene.zarr")
+    return str(dest)
+
+
+def block_stores(ws: str) -> dict[str, dict]:
+    """Per block: the block.json record, and a checksum recomputed from the ray store itself."""
+    summary = json.loads((Path(ws) / "partition.json").read_text())
+    out = {}
+    for block_id in summary["rays_per_block"]:
+        digest = RayChecksum()
+        digest.update(read_rays(rays_path(ws, block_id)))
+        record = json.loads(Path(block_json_path(ws, block_id)).read_text())
+        out[block_id] = {"count": record["ray_count"], "checksum": record["checksum"], "recomputed": digest.hexdigest()}
+    return out
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_city(tmp_path_factory.mktemp("city"))
+
+
+@pytest.fixture(scope="module")
+def inline_run(city: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    ws = copy_city(city, tmp_path_factory.mktemp("inline"))
+    return ws, run_partition(ws, config())
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> str:
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+# layout
+
+
+@pytest.mark.parametrize("layout", ["grid", "kd"])
+def test_inner_boxes_tile_the_roi_and_outer_boxes_grow_them(layout: str) -> None:
+    xyz = surface_points()
+    xyz = xyz[np.all((xyz >= ROI[0]) & (xyz <= ROI[1]), axis=1)]
+    cells = grid_cells(ROI[:, :2], 2, 2) if layout == "grid" else kd_cells(ROI[:, :2], xyz[:, :2], 5)
+    blocks = make_blocks(order_cells(cells), xyz, 0.15, 0.1, 0.1)
+    inner = np.stack([b.inner[:, :2] for b in blocks])  # (B, 2, 2)
+    area = np.prod(inner[:, 1] - inner[:, 0], axis=1)
+    assert area.sum() == pytest.approx(np.prod(ROI[1, :2] - ROI[0, :2]), rel=1e-12)
+    assert np.all(inner[:, 0] >= ROI[0, :2]) and np.all(inner[:, 1] <= ROI[1, :2])
+    for i in range(len(blocks)):
+        for j in range(i + 1, len(blocks)):
+            overlap = np.minimum(inner[i, 1], inner[j, 1]) - np.maximum(inner[i, 0], inner[j, 0])
+            assert np.any(overlap <= 0), f"{blocks[i].id} and {blocks[j].id} overlap"
+    for block in blocks:
+        size = block.inner[1] - block.inner[0]
+        np.testing.assert_allclose(block.outer[1] - block.outer[0], 1.15 * size)
+        np.testing.assert_allclose(block.outer.mean(axis=0), block.inner.mean(axis=0))
+        over = np.all((xyz[:, :2] >= block.outer[0, :2]) & (xyz[:, :2] <= block.outer[1, :2]), axis=1)
+        assert np.all(xyz[over, 2] > block.inner[0, 2]) and np.all(xyz[over, 2] < block.inner[1, 2])
+    if layout == "kd":
+        counts = np.array([b.points for b in blocks])
+        assert len(blocks) == 5 and counts.max() < 1.35 * counts.min(), counts
+
+
+# assignment
+
+
+def city_layout(rows: int = 3, cols: int = 3) -> tuple[BlockBoxes, VisibilityGrid]:
+    xyz = surface_points()
+    xyz = xyz[np.all((xyz >= ROI[0]) & (xyz <= ROI[1]), axis=1)]
+    blocks = make_blocks(order_cells(grid_cells(ROI[:, :2], rows, cols)), xyz, 0.15, 0.1, 0.1)
+    outer = np.stack([b.outer for b in blocks])
+    boxes = BlockBoxes(
+        outer.astype(np.float32),
+        np.stack([b.inner[:, :2] for b in blocks]).astype(np.float32),
+        np.array([b.ground for b in blocks], dtype=np.float32),
+    )
+    return boxes, visibility_grid(xyz, outer, Lattice(ROI[0], 0.05), 1 << 20)
+
+
+def test_vectorised_assignment_matches_a_per_block_reference() -> None:
+    boxes, grid = city_layout()
+    rng = np.random.default_rng(1)
+    origins = np.repeat(rng.uniform([-2.5, -2.5, 0.3], [2.5, 2.5, 1.5], (12, 3)), 512, axis=0)  # 12 cameras
+    dirs = rng.normal(size=(len(origins), 3)) + [0.0, 0.0, -0.8]
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    o, d = origins.astype(np.float32), dirs.astype(np.float32)
+    found = assign(o, d, boxes, grid, 0.1)
+
+    t0, t1 = slab(o, d, boxes.outer[:, 0], boxes.outer[:, 1])  # (N, B), every block
+    crosses = (t1 > t0) & ~((t0 > 0) & (o[:, 2, None] + t0 * d[:, 2, None] < boxes.ground))
+    first = np.where(crosses, t0, np.inf).min(axis=1)
+    expected = {}
+    for b in range(len(boxes)):
+        rays = np.flatnonzero(crosses[:, b])
+        hit = grid.first_hit(o[rays], d[rays], first[rays], t0[rays, b] - 0.1)
+        for r in rays[(t0[rays, b] <= hit + 0.1) | (t0[rays, b] == first[rays])]:
+            expected[(int(r), b)] = (t0[r, b], t1[r, b])
+    fg = ~found.background
+    got = dict(zip(zip(found.ray[fg].tolist(), found.block[fg].tolist(), strict=True), found.near_far[fg], strict=True))
+    assert got.keys() == expected.keys() and len(expected) > 500
+    np.testing.assert_allclose(np.array([got[k] for k in expected]), np.array(list(expected.values())), rtol=1e-6)
+    sky = found.ray[found.background]
+    assert set(sky.tolist()) == set(np.flatnonzero(~crosses.any(axis=1)).tolist())
+
+
+def test_first_hit_never_lies_behind_the_surface() -> None:
+    _, grid = city_layout()
+    rng = np.random.default_rng(2)
+    o = np.tile(np.float32([0.3, -1.6, 1.2]), (400, 1))
+    d = rng.uniform([-0.8, 0.5, -0.9], [0.8, 1.0, -0.2], (400, 3)).astype(np.float32)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    hit = grid.first_hit(o, d, np.zeros(400, np.float32), np.full(400, 5.0, np.float32))
+    depth = ray_depth(o, d)
+    on_roi = np.isfinite(depth) & np.all(np.abs(o[:, :2] + depth[:, None] * d[:, :2]) < 0.95, axis=1)
+    assert on_roi.mean() > 0.5
+    assert np.all(hit[on_roi] <= depth[on_roi])  # a lower bound on the surface the points sample
+    # and not a loose one: a dense march finds the first occupied cell no more than a cell later
+    ts = np.arange(0.0, 5.0, grid.cell / 20, dtype=np.float32)
+    ijk = np.floor((o[:, None] + ts[None, :, None] * d[:, None] - grid.origin) / grid.cell).astype(int)  # (N, S, 3)
+    inside = np.all((ijk >= 0) & (ijk < grid.occupied.shape), axis=-1)
+    occupied = inside & grid.occupied[tuple(np.clip(ijk, 0, np.array(grid.occupied.shape) - 1).transpose(2, 0, 1))]
+    first = np.where(occupied.any(axis=1), ts[occupied.argmax(axis=1)], np.inf)
+    assert np.all(hit >= first - 0.6 * grid.cell)
+
+
+# stores
+
+
+def test_every_training_pixel_is_assigned_or_counted(inline_run: tuple[str, dict]) -> None:
+    ws, summary = inline_run
+    scene = read_scene(ws)
+    train = set(scene.split_indices("train").tolist())
+    assert summary["blocks"] == 4 and summary["pixels"] == len(train) * WIDTH * HEIGHT
+    seen = set()
+    for block_id in summary["rays_per_block"]:
+        rays = read_rays(rays_path(ws, block_id))
+        assert set(np.unique(rays.image_id).tolist()) <= train  # test views are held out
+        keys = (rays.image_id.astype(np.int64) * HEIGHT + rays.pixel[:, 1]) * WIDTH + rays.pixel[:, 0]
+        assert len(np.unique(keys)) == len(keys), f"{block_id} holds a pixel twice"
+        seen.update(keys.tolist())
+    assert len(seen) == summary["assigned_pixels"]
+    assert summary["assigned_pixels"] + sum(summary["dropped"].values()) == summary["pixels"]
+    assert summary["rays"] == sum(summary["rays_per_block"].values()) > summary["assigned_pixels"]
+    assert summary["background_rays"] > 0  # the ring cameras see sky
+
+
+def test_segments_cross_their_outer_box_and_start_before_the_surface(inline_run: tuple[str, dict]) -> None:
+    ws, summary = inline_run
+    margin = config().partition.visibility_margin
+    rng = np.random.default_rng(0)
+    for block_id in summary["rays_per_block"]:
+        record = json.loads(Path(block_json_path(ws, block_id)).read_text())
+        outer = np.array(record["outer"])
+        rays = read_rays(rays_path(ws, block_id))
+        np.testing.assert_allclose(np.linalg.norm(rays.dirs, axis=1), 1.0, atol=1e-6)
+        near, far = rays.near_far[:, 0], rays.near_far[:, 1]
+        fg = far > near
+        assert fg.sum() + record["background_rays"] == len(rays) and np.all(near >= 0)
+        u = rng.uniform(0.0, 1.0, size=(len(rays), 8))
+        t = near[:, None] + u * (far - near)[:, None]
+        points = rays.origins[:, None] + t[..., None] * rays.dirs[:, None]  # (N, 8, 3)
+        inside = np.all((points >= outer[0] - 1e-4) & (points <= outer[1] + 1e-4), axis=-1)
+        assert inside[fg].all(), f"{block_id}: a segment leaves the outer box"
+        depth = ray_depth(rays.origins[fg], rays.dirs[fg])
+        late = near[fg] > depth + margin + 1e-4
+        assert not late.any(), f"{block_id}: {late.sum()} segments start behind the surface"
+
+
+def test_rgb_and_voxels_are_stored(inline_run: tuple[str, dict]) -> None:
+    ws, summary = inline_run
+    scene = read_scene(ws)
+    block_id = next(iter(summary["rays_per_block"]))
+    rays = read_rays(rays_path(ws, block_id), 0, 200)
+    for image_id, (x, y), rgb in zip(rays.image_id, rays.pixel, rays.rgb, strict=True):
+        image = np.asarray(Image.open(Path(scene.image_root) / scene.images[image_id].name))
+        np.testing.assert_array_equal(image[y, x], rgb)
+    root = zarr.open_group(rays_path(ws, block_id), mode="r")
+    assert set(root.array_keys()) == set(RAY_COLUMNS) and root["origins"].chunks == (2048, 3)
+    xyz = surface_points()
+    for block_id in summary["rays_per_block"]:
+        record = json.loads(Path(block_json_path(ws, block_id)).read_text())
+        voxels = read_voxels(str(Path(ws) / "blocks" / block_id / "voxels.zarr"))
+        assert len(voxels.coords) == record["voxel_count"] > 0
+        outer = np.array(record["outer"])
+        inside = xyz[np.all((xyz >= outer[0]) & (xyz <= outer[1]), axis=1)]
+        lattice = Lattice(voxels.origin, voxels.voxel_size)
+        stored = {tuple(v) for v in voxels.coords.tolist()}
+        assert all(tuple(v) in stored for v in lattice.index(inside).tolist())
+        assert len(stored) > len({tuple(v) for v in lattice.index(inside).tolist()})  # dilated
+
+
+def test_rerun_is_a_no_op_and_outputs_are_written(inline_run: tuple[str, dict]) -> None:
+    ws, summary = inline_run
+    store = Path(rays_path(ws, "b000"))
+    before = store.stat().st_mtime_ns
+    assert run_partition(ws, config()) == summary
+    assert store.stat().st_mtime_ns == before
+    assert not (Path(ws) / "partition_work").exists()
+    assert (Path(ws) / "partition.config.yaml").is_file()
+    with Image.open(summary["map"]) as image:
+        assert image.size[0] > 500
+    with pytest.raises(WorkspaceError, match="--overwrite"):
+        run_partition(ws, config("partition.overlap=0.3"))
+
+
+def test_kd_layout_run_tiles_and_accounts(city: Path, tmp_path: Path) -> None:
+    ws = copy_city(city, tmp_path / "kd")
+    summary = run_partition(ws, config("partition.layout=kd", "partition.num_blocks=3"))
+    assert summary["blocks"] == 3 and summary["layout"] == "kd 3"
+    records = [json.loads(Path(block_json_path(ws, b)).read_text()) for b in summary["rays_per_block"]]
+    area = sum(np.prod(np.diff(np.array(r["inner"])[:, :2], axis=0)) for r in records)
+    assert area == pytest.approx(np.prod(ROI[1, :2] - ROI[0, :2]))
+    assert summary["assigned_pixels"] + sum(summary["dropped"].values()) == summary["pixels"]
+    assert all(r["ray_count"] > 0 and r["images"] for r in records)
+
+
+# engines and recovery
+
+
+def test_ray_engine_with_a_failing_task_matches_inline(
+    inline_run: tuple[str, dict], city: Path, tmp_path: Path, ray_address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = block_stores(inline_run[0])
+    for fault, dest in (("", "clean"), ("1:raise", "raise"), ("2:exit", "exit")):
+        monkeypatch.setenv(FAULT_ENV, fault)
+        ws = copy_city(city, tmp_path / dest)
+        run_partition(ws, config(engine="ray"))
+        stores = block_stores(ws)
+        assert stores == reference, f"fault {fault!r}"
+        assert all(s["checksum"] == s["recomputed"] for s in stores.values())
+        if fault:  # the fault fired, and the run still finished
+            assert (Path(ws) / FAULT_DIR / f"{int(fault[0]):06d}").is_file()
+
+
+def test_killed_driver_then_rerun_matches_undisturbed_run(
+    inline_run: tuple[str, dict], city: Path, tmp_path: Path, ray_address: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ws = copy_city(city, tmp_path / "killed")
+    script = (
+        "import sys; from bigscene.config import load_config; from partitioning import run_partition; "
+        f"run_partition(sys.argv[1], load_config(None, {OVERRIDES + ['partition.engine=ray']!r}), address=sys.argv[2])"
+    )
+    env = {**os.environ, FAULT_ENV: "3:hang"}
+    driver = subprocess.Popen([sys.executable, "-c", script, ws, ray_address], env=env)
+    hang_flag = Path(ws) / FAULT_DIR / "000003"
+    deadline = time.monotonic() + 60
+    while not hang_flag.exists() and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert hang_flag.exists(), "the driver never reached batch 3"
+    time.sleep(1.0)  # let the other worker finish a batch or two
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert not (Path(ws) / "partition.json").exists()
+    finished = len(list((Path(ws) / "partition_work" / "batches").glob("*.json")))
+    assert 0 < finished < 5
+    with caplog.at_level("INFO", logger="partitioning"):
+        run_partition(ws, config(engine="ray"), address=ray_address)
+    assert f"{finished} of 5 batches already written" in caplog.text
+    assert block_stores(ws) == block_stores(inline_run[0])
+
+
+# bad input
+
+
+def test_missing_and_corrupt_images(city: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    shutil.copytree(city / "images", images)
+    ws = copy_city(city, tmp_path / "ws")
+    scene_root = zarr.open_group(scene_path(ws), mode="r+")
+    scene_root.attrs["image_root"] = str(images)
+    (images / "view_001.png").unlink()
+    with pytest.raises(InputError, match="view_001.png"):
+        run_partition(ws, config())
+    (images / "view_002.png").write_bytes(b"not a png")
+    summary = run_partition(ws, config("partition.skip_bad_images=true"))
+    assert sorted(Path(p).name for p in summary["skipped_images"]) == ["view_001.png", "view_002.png"]
+    assert summary["dropped"]["bad_image"] == 2 * WIDTH * HEIGHT
+    assert summary["assigned_pixels"] + sum(summary["dropped"].values()) == summary["pixels"]
+
+
+def test_corrupt_image_error_crosses_ray(city: Path, tmp_path: Path, ray_address: str) -> None:
+    images = tmp_path / "images"
+    shutil.copytree(city / "images", images)
+    ws = copy_city(city, tmp_path / "ws")
+    zarr.open_group(scene_path(ws), mode="r+").attrs["image_root"] = str(images)
+    (images / "view_004.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(InputError, match="view_004.png"):
+        run_partition(ws, config(engine="ray"))
+
+
+def test_block_without_rays_fails_or_merges(tmp_path: Path) -> None:
+    roi = np.array([[-1.0, -1.0, -0.1], [5.0, 1.0, 0.7]])  # cameras only look at x < 2
+    ws = str(make_city(tmp_path / "ws", nadir_poses(9), roi=roi, test_every=0))
+    with pytest.raises(ConfigError, match="merge_empty"):
+        run_partition(ws, config("partition.rows=1", "partition.cols=3"))
+    summary = run_partition(ws, config("partition.rows=1", "partition.cols=3", "partition.merge_empty=true"))
+    assert summary["blocks"] == 2 and summary["merged_blocks"] == 1
+    assert all(n > 0 for n in summary["rays_per_block"].values())
+
+
+def test_no_points_in_roi_and_incomplete_scene(city: Path, tmp_path: Path) -> None:
+    ws = copy_city(city, tmp_path / "ws")
+    root = zarr.open_group(scene_path(ws), mode="r+")
+    root.attrs["roi"] = [[10.0, 10.0, 10.0], [11.0, 11.0, 11.0]]
+    with pytest.raises(InputError, match="no SfM points"):
+        run_partition(ws, config())
+    root.attrs["complete"] = False
+    with pytest.raises(WorkspaceError, match="incomplete"):
+        run_partition(ws, config())
+    with pytest.raises(WorkspaceError, match="bigscene ingest"):
+        run_partition(str(tmp_path / "empty"), config())
+    with pytest.raises(ConfigError, match="engine=ray"):
+        run_partition(copy_city(city, tmp_path / "ws2"), config(), address="127.0.0.1:6379")
