@@ -70,15 +70,11 @@ def test_colmap_overwrite_replaces_other_kind(tmp_path: Path) -> None:
     np.testing.assert_allclose(read_colmap(model_dir).scene.c2w, scene.c2w, atol=1e-9)
 
 
-def _write_colmap3(
-    model_dir: Path, camera_line: str, image_lines: list[str], points_lines: list[str]
-) -> None:
+def _write_colmap3(model_dir: Path, camera_line: str, image_lines: list[str], points_lines: list[str]) -> None:
     """A COLMAP 3.x text model: cameras.txt, images.txt, points3D.txt and nothing else."""
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "cameras.txt").write_text("# Camera list with one line of data per camera:\n" + camera_line)
-    (model_dir / "images.txt").write_text(
-        "# Image list with two lines of data per image:\n" + "".join(image_lines)
-    )
+    (model_dir / "images.txt").write_text("# Image list with two lines of data per image:\n" + "".join(image_lines))
     (model_dir / "points3D.txt").write_text(
         "# 3D point list with one line of data per point:\n" + "".join(points_lines)
     )
@@ -101,9 +97,7 @@ def test_colmap3_three_file_model(tmp_path: Path) -> None:
     assert [im.name for im in scene.images] == ["a.png", "b.png"]
     assert [im.camera_id for im in scene.images] == [3, 3]
     assert scene.cameras[3] == Camera.pinhole(31.5, 33.25, 20.5, 14.75, 40, 30)
-    np.testing.assert_allclose(
-        scene.c2w[0], [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, -4], [0, 0, 0, 1]], atol=1e-12
-    )
+    np.testing.assert_allclose(scene.c2w[0], [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, -4], [0, 0, 0, 1]], atol=1e-12)
     rz = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # cam_from_world rotation of b.png
     np.testing.assert_allclose(scene.c2w[1][:3, :3], rz.T, atol=1e-12)
     np.testing.assert_allclose(scene.c2w[1][:3, 3], -rz.T @ [1.0, 2.0, 3.0], atol=1e-12)
@@ -185,9 +179,7 @@ def test_conventions_agree_across_formats(tmp_path: Path) -> None:
     camera = Camera.pinhole(35.0, 36.0, 20.0, 15.0, 40, 30)
     c2w = look_at(np.array([1.0, -3.5, 2.0]), np.random.default_rng(7))
     write_png(tmp_path / "images" / "view.png", 40, 30)
-    scene = Scene(
-        {1: camera}, [ImageRecord("view.png", 1, 0)], c2w[None], image_root=str(tmp_path / "images")
-    )
+    scene = Scene({1: camera}, [ImageRecord("view.png", 1, 0)], c2w[None], image_root=str(tmp_path / "images"))
 
     write_colmap(scene, tmp_path / "sparse" / "0")
     write_transforms(scene, tmp_path / "transforms.json")
@@ -227,9 +219,7 @@ def test_blender_composites_rgba_and_keeps_splits(tmp_path: Path) -> None:
             Image.fromarray(rgba, "RGBA").save(tmp_path / split / f"r_{i}.png")
             c2w = look_at(np.array([0.0, 4.0, 1.0 + i]), np.random.default_rng(i))
             frames.append({"file_path": f"./{split}/r_{i}", "transform_matrix": (c2w @ GL_FROM_CV).tolist()})
-        (tmp_path / f"transforms_{split}.json").write_text(
-            json.dumps({"camera_angle_x": angle, "frames": frames})
-        )
+        (tmp_path / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": angle, "frames": frames}))
 
     scene = read_blender(tmp_path, background=(1.0, 1.0, 1.0)).scene
     assert [(im.name, im.split) for im in scene.images] == [
@@ -297,9 +287,7 @@ def test_neus_mismatch_error(neus_mismatch: Path) -> None:
     assert "32x24" in message and "64x48" in message and "image_mismatch='resize'" in message
 
 
-@pytest.mark.parametrize(
-    ("mode", "params"), [("resize", (25.0, 26.0, 16.0, 12.0)), ("crop", (50.0, 52.0, 16.0, 12.0))]
-)
+@pytest.mark.parametrize(("mode", "params"), [("resize", (25.0, 26.0, 16.0, 12.0)), ("crop", (50.0, 52.0, 16.0, 12.0))])
 def test_neus_mismatch_resize_and_crop(neus_mismatch: Path, mode: str, params: tuple[float, ...]) -> None:
     scene = read_neus(neus_mismatch, image_mismatch=mode).scene
     assert [im.camera_id for im in scene.images] == [1, 1]  # decomposed K agree to 1e-6: one camera

@@ -18,8 +18,7 @@ def make_scene(num_images: int = 5, num_points: int = 50, seed: int = 0) -> Scen
         7: Camera("SIMPLE_PINHOLE", 32, 24, (30.0, 16.0, 12.0)),
     }
     images = [
-        ImageRecord(f"img_{i:03d}.png", 3 if i % 2 else 7, i, "test" if i == 2 else "train")
-        for i in range(num_images)
+        ImageRecord(f"img_{i:03d}.png", 3 if i % 2 else 7, i, "test" if i == 2 else "train") for i in range(num_images)
     ]
     q, _ = np.linalg.qr(rng.normal(size=(num_images, 3, 3)))
     c2w = np.tile(np.eye(4), (num_images, 1, 1))
