@@ -13,8 +13,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
+# The largest slice that works end to end today: a synthetic city, partitioned by Ray into 2x2 blocks,
+# and real SfM (pycolmap) on a second synthetic capture, checked against its known poses.
 demo: $(STAMP)
-	$(BIN)/python -m bigscene.demo -w $(WS)/demo
+	$(BIN)/bigscene synth --preset small -w $(WS)/demo/city
+	$(BIN)/bigscene partition -w $(WS)/demo/city partition.rows=2 partition.cols=2
+	$(BIN)/bigscene synth --preset sfm -w $(WS)/demo/sfm-city
+	$(BIN)/bigscene sfm $(WS)/demo/sfm-city/images -w $(WS)/demo/sfm
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
