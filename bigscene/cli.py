@@ -20,7 +20,7 @@ from bigscene.errors import BigsceneError
 log = logging.getLogger("bigscene")
 console = Console(stderr=False)
 
-_HIDDEN_KEYS = {"fingerprint", "stage"}
+_HIDDEN_KEYS = {"fingerprint", "stage", "records", "config"}
 
 
 def print_summary(title: str, summary: dict[str, Any]) -> None:
@@ -42,11 +42,12 @@ def print_summary(title: str, summary: dict[str, Any]) -> None:
 OVERRIDES_HELP = "Any config key can follow as section.key=value, e.g. scene.up=points train.steps=500."
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, overwrite: bool = True) -> None:
     parser.epilog = OVERRIDES_HELP
     parser.add_argument("-w", "--workspace", required=True, metavar="WS", help="workspace directory or URL")
     parser.add_argument("-c", "--config", default=None, help="YAML config (a path, or a name in configs/)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a different scene in the workspace")
+    if overwrite:
+        parser.add_argument("--overwrite", action="store_true", help="replace different earlier outputs")
 
 
 def _ingest(args: argparse.Namespace, config: Config) -> dict[str, Any]:
@@ -73,6 +74,30 @@ def _partition(args: argparse.Namespace, config: Config) -> dict[str, Any]:
     from partitioning import run_partition
 
     return run_partition(args.workspace, config, address=args.address, overwrite=args.overwrite)
+
+
+def _train(args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    from bigscene.train.stage import run_train
+
+    blocks = [b for b in args.blocks.split(",") if b] if args.blocks else None
+    return run_train(args.workspace, config, blocks=blocks, address=args.address, overwrite=args.overwrite)
+
+
+def _merge_stage(name: str) -> Callable[[argparse.Namespace, Config], dict[str, Any]]:
+    def handler(args: argparse.Namespace, config: Config) -> dict[str, Any]:
+        from bigscene.merge import stage
+
+        return getattr(stage, f"run_{name}")(args.workspace, config, address=args.address)
+
+    return handler
+
+
+MERGE_STAGES = {
+    "merge": "compose the trained blocks into one field and measure its seams",
+    "mesh": "mesh the composite SDF out of core (chunked, welded) into WS/merge/mesh/mesh.ply",
+    "render": "render test views, a camera-path GIF, the orthophoto and the height map of the whole scene",
+    "eval": "PSNR/SSIM on test views, Chamfer and F-score against ground truth, seam metrics",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +152,23 @@ def build_parser() -> argparse.ArgumentParser:
     partition.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. auto or host:6379)")
     _add_common(partition)
     partition.set_defaults(handler=_partition)
+
+    train = stages.add_parser(
+        "train",
+        help="train one NeuS/NeRF model per block (Ray places blocks on GPUs; resumes from checkpoints)",
+        description="Train every block (or --blocks) with PyTorch Lightning, tracked in W&B (offline by default); "
+        "write WS/blocks/<id>/ckpt/, the exported model and WS/train.json.",
+    )
+    train.add_argument("--blocks", default=None, help="comma-separated block ids (default: all)")
+    train.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. auto or host:6379)")
+    _add_common(train)
+    train.set_defaults(handler=_train)
+
+    for name, summary in MERGE_STAGES.items():
+        sub = stages.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+        sub.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. auto or host:6379)")
+        _add_common(sub, overwrite=False)
+        sub.set_defaults(handler=_merge_stage(name))
     return parser
 
 

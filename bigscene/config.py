@@ -191,33 +191,162 @@ class SamplerConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation of one block."""
+    """Optimisation of one block (bigscene.train), and how blocks are placed on devices."""
 
     steps: int = 20000
-    rays_per_batch: int = 4096
+    rays_per_batch: int = 4096  # rays of the first step; fixed when target_samples is 0
     lr: float = 1e-2
-    ckpt_every: int = 1000
-    devices: int = 1
+    ckpt_every: int = 1000  # steps between `last` checkpoints: a killed run loses at most this many
+    devices: int = 1  # devices per block; > 1 (or num_nodes > 1) trains one block with Lightning DDP
     num_nodes: int = 1
     seed: int = 0
+    max_minutes: float = 0.0  # stop a block's run after this long, checkpointed (0: no limit); a re-run resumes
+    # batch: rays per step adapt so that samples per step stay near target_samples
+    target_samples: int = 262144  # 0: a fixed rays_per_batch
+    max_rays_per_batch: int = 65536
+    # schedule
+    warmup_steps: int = 500  # linear learning-rate warm-up ...
+    lr_final_ratio: float = 0.05  # ... then cosine decay to lr * lr_final_ratio at the last step
+    cos_anneal_steps: int = 2000  # NeuS cosine annealing ratio 0 -> 1 over these steps (sampler.neus_section=mid)
+    # losses
+    rgb_loss: str = "l1"  # l1 | huber
+    huber_delta: float = 0.1
+    eikonal_weight: float = 0.1
+    sfm_weight: float = 0.1  # |sdf| / block half-extent at SfM points (NeuS): a weak pull of the surface to them
+    sfm_points: int = 1024  # SfM points per step
+    sky_weight: float = 0.0  # background-field opacity of sky rays (the partition's rays that cross no block)
+    manhattan_weight: float = 0.0  # Manhattan world: ground normals along z, facades along two horizontal axes
+    # surface-guided sampling
+    voxel_update_every: int = 1000  # steps between surface-voxel updates (sampler.kind=surface_guided); 0: never
+    surface_cache: bool = True  # cache each ray's surface depth (4 bytes a ray of the block, on the device)
+    # validation on held-out (test-split) views that see the block
+    val_every: int = 1000
+    val_views: int = 2
+    val_chunk: int = 8192  # rays rendered at once
+    # data
+    shuffle_buffer: int = 1048576  # rays held for shuffling, per data worker
+    num_workers: int = 2  # data worker processes per device
+    log_every: int = 50
+    # devices and engines
+    accelerator: str = "auto"  # auto (GPU when there is one) | cpu | gpu
+    precision: str = "auto"  # auto (bf16 autocast on a GPU that has it, else 32) | 32 | bf16-mixed
+    engine: str = "ray"  # ray (blocks in parallel, one per GPU, on this machine or --address) | inline
+    gpus_per_block: float = 1.0
+    cpus_per_block: float = 1.0
+    num_cpus: int = 0  # local Ray cluster size; 0 = all cores (ignored with --address)
+    max_retries: int = 2  # retries of a block whose worker died, each from its last checkpoint
+
+    def __post_init__(self) -> None:
+        _check_choice("train", "rgb_loss", self.rgb_loss, ("l1", "huber"))
+        _check_choice("train", "accelerator", self.accelerator, ("auto", "cpu", "gpu"))
+        _check_choice("train", "precision", self.precision, ("auto", "32", "bf16-mixed"))
+        _check_choice("train", "engine", self.engine, ("ray", "inline"))
+        positive = (
+            "steps", "rays_per_batch", "lr", "ckpt_every", "devices", "num_nodes", "max_rays_per_batch",
+            "huber_delta", "val_every", "val_chunk", "shuffle_buffer", "log_every", "cpus_per_block",
+        )
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"train.{key}={getattr(self, key)}: must be positive")
+        non_negative = (
+            "max_minutes", "target_samples", "warmup_steps", "cos_anneal_steps", "eikonal_weight", "sfm_weight",
+            "sfm_points", "sky_weight", "manhattan_weight", "voxel_update_every", "val_views", "num_workers",
+            "gpus_per_block", "num_cpus", "max_retries",
+        )
+        for key in non_negative:
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key}={getattr(self, key)}: must not be negative")
+        if not 0.0 < self.lr_final_ratio <= 1.0:
+            raise ConfigError(f"train.lr_final_ratio={self.lr_final_ratio}: expected a value in (0, 1]")
+        if self.max_rays_per_batch < self.rays_per_batch:
+            raise ConfigError(
+                f"train.max_rays_per_batch={self.max_rays_per_batch}: below rays_per_batch={self.rays_per_batch}"
+            )
 
 
 @dataclass
 class MergeConfig:
-    """Composing blocks, meshing and rendering the whole scene."""
+    """Composing blocks, meshing and rendering the whole scene (bigscene.merge)."""
 
-    voxel_size: float = 0.01
-    chunk: int = 128
-    blend: str = "partition_of_unity"  # partition_of_unity | inverse_distance | image_space
+    voxel_size: float = 0.01  # mesh grid spacing, scene units
+    chunk: int = 128  # mesh chunk side in grid nodes; neighbouring chunks share one boundary sample
+    # partition_of_unity: smooth weights, 1 in a block's inner box, 0 at its outer box (continuous seams)
+    # inverse_distance: Mega-NeRF's point blending; image_space: Block-NeRF's blending of whole renders
+    blend: str = "partition_of_unity"
+    idw_margin: float = 1.15  # inverse_distance: blocks whose centroid is within this factor of the nearest's
+    allow_missing: bool = False  # merge the blocks that are there, naming the absent ones, instead of failing
+    device: str = "auto"  # auto: each block loads onto the GPU with most free memory, else the CPU | cpu | cuda:N
+    max_loaded_blocks: int = 0  # blocks held on devices at once per process, least recently used unloaded; 0: all
+    engine: str = "ray"  # ray | inline (same task functions in this process)
+    num_cpus: int = 0  # local Ray cluster size; 0 = all cores (ignored with --address)
+    max_in_flight: int = 0  # chunk or tile tasks submitted at once; 0 = twice the CPUs
+    max_retries: int = 3
+    # meshing
+    voxel_budget: int = 2_000_000_000  # most grid nodes one mesh request may evaluate (an estimate is checked)
+    seeds: str = "voxels"  # chunks meshing starts from: voxels (partition surface voxels) | probe (SDF at centres)
+    colour: bool = True  # vertex colours from the colour network, the surface seen head-on (against its normal)
+    # rendering
+    chunk_rays: int = 4096  # rays rendered per batch: any image size fits
+    render_scale: float = 1.0  # test views rendered at this fraction of their size
+    path: str = "orbit"  # camera-path video: orbit | flythrough
+    path_frames: int = 24
+    path_width: int = 320
+    path_height: int = 240
+    ortho_pixel: float = 0.0  # orthophoto / DSM pixel, scene units; 0 = the ROI's longer side / 1024
+    ortho_tile: int = 256  # pixels per side of an orthophoto tile (one task, one Zarr chunk)
+    background_samples: int = 32  # samples per ray of each block's background field
+    # evaluation
+    eval_views: int = 8  # test views rendered (bigscene render) and scored (bigscene eval); 0 = all
+    eval_threshold: float = 0.0  # F-score distance, scene units; 0 = 2 x voxel_size
+    eval_max_distance: float = 0.0  # distances are truncated here (outliers, tiling); 0 = 10 x eval_threshold
+    eval_spacing: float = 0.0  # mean spacing of surface samples; 0 = eval_threshold / 5
+    gt_mesh: str = ""  # ground-truth mesh; "" = WS/gt/mesh.ply when present
+    gt_frame: str = "auto"  # frame of the ground truth: auto | scene | input (mapped by the normalisation)
+    seam_samples: int = 20000  # seam metrics: points per pair of neighbouring blocks, lines per axis
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("merge", "blend", self.blend, ("partition_of_unity", "inverse_distance", "image_space"))
+        _check_choice("merge", "engine", self.engine, ("ray", "inline"))
+        _check_choice("merge", "seeds", self.seeds, ("voxels", "probe"))
+        _check_choice("merge", "path", self.path, ("orbit", "flythrough"))
+        _check_choice("merge", "gt_frame", self.gt_frame, ("auto", "scene", "input"))
+        positive = {
+            "voxel_size": self.voxel_size,
+            "voxel_budget": self.voxel_budget,
+            "chunk_rays": self.chunk_rays,
+            "render_scale": self.render_scale,
+            "path_frames": self.path_frames,
+            "path_width": self.path_width,
+            "path_height": self.path_height,
+            "ortho_tile": self.ortho_tile,
+            "background_samples": self.background_samples,
+            "seam_samples": self.seam_samples,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"merge.{key}={value}: must be positive")
+        if self.chunk < 2:
+            raise ConfigError(f"merge.chunk={self.chunk}: a chunk needs at least 2 nodes a side")
+        if self.idw_margin < 1.0:
+            raise ConfigError(f"merge.idw_margin={self.idw_margin}: must be at least 1")
+        non_negative = ("max_loaded_blocks", "num_cpus", "max_in_flight", "max_retries", "ortho_pixel", "eval_views",
+                        "eval_threshold", "eval_max_distance", "eval_spacing")
+        for key in non_negative:
+            if getattr(self, key) < 0:
+                raise ConfigError(f"merge.{key}={getattr(self, key)}: must not be negative")
 
 
 @dataclass
 class LoggingConfig:
-    """Experiment tracking."""
+    """Experiment tracking: one run per block, grouped by scene."""
 
     tracker: str = "wandb"  # wandb | tensorboard | csv | none
     project: str = "bigscene"
-    mode: str = "offline"  # offline | online
+    mode: str = "offline"  # offline | online (W&B)
+    group: str = ""  # W&B group of the scene's block runs; empty: the workspace's folder name
+    entity: str = ""  # W&B entity (team or user); empty: the default
+    dir: str = ""  # where trackers write; empty: <workspace>/logs (a local folder when the workspace is a URL)
 
     def __post_init__(self) -> None:
         _check_choice("logging", "tracker", self.tracker, ("wandb", "tensorboard", "csv", "none"))
