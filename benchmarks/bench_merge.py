@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from benchmarks.table import BenchRow, print_table
+from bigscene.engine import InlineEngine
 from bigscene.merge import AnalyticBlock, BlockBox, CompositeField, MeshGrid, RenderSettings, mesh_field, render_rays
-from bigscene.merge.engine import InlineEngine
 from bigscene.merge.evaluate import geometry_metrics, seam_band_labeller, seam_disagreement, seam_jump
 from bigscene.merge.mesh import mesh_pieces, probe_seeds
 from bigscene.merge.views import camera_path

@@ -20,6 +20,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bigscene.config import PartitionConfig
+from bigscene.engine import Engine, make_engine
 from bigscene.errors import ConfigError, InputError
 from bigscene.scene.model import Scene
 from bigscene.store.blocks import (
@@ -37,7 +38,6 @@ from bigscene.store.blocks import (
 from bigscene.store.scene_store import scene_path
 from bigscene.store.workspace import join, read_json, write_json_atomic
 from partitioning.assign import BlockBoxes
-from partitioning.engine import Engine, make_engine
 from partitioning.layout import Block, grid_cells, kd_cells, make_blocks, merge_cell, order_cells
 from partitioning.mapplot import draw_partition_map
 from partitioning.tasks import (
@@ -144,7 +144,9 @@ class Driver:
         )
 
     def run(self, address: str | None) -> dict[str, Any]:
-        with closing(make_engine(self.config, address)) as engine:
+        with closing(
+            make_engine("partition", self.config.engine, address, self.config.num_cpus, self.config.max_retries)
+        ) as engine:
             saved = read_json(plan_path(self.workspace))
             if saved is not None and saved.get("fingerprint") == self.fingerprint:
                 log.info("resuming the partition run in %s", work_path(self.workspace))

@@ -23,6 +23,7 @@ from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes
 
 from bigscene.config import MergeConfig
+from bigscene.engine import InlineEngine, RayEngine
 from bigscene.errors import ConfigError
 from bigscene.merge import (
     AnalyticBlock,
@@ -35,7 +36,6 @@ from bigscene.merge import (
 )
 from bigscene.merge import mesh as mesh_module
 from bigscene.merge.blocks import CACHE, LazyBlock
-from bigscene.merge.engine import InlineEngine, RayEngine
 from bigscene.merge.mesh import check_budget, chunk_surface, fingerprint, probe_seeds
 from bigscene.merge.weights import falloff
 from bigscene.synth import CitySDF, generate_layout, make_config
@@ -209,7 +209,7 @@ def test_killed_meshing_redoes_only_the_missing_chunks(tmp_path: Path) -> None:
     ws = str(tmp_path / "ws")
     script = (
         f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_merge as t; "
-        "from bigscene.merge.engine import InlineEngine; t.mesh_city(sys.argv[1], InlineEngine(0))"
+        "from bigscene.engine import InlineEngine; t.mesh_city(sys.argv[1], InlineEngine(0))"
     )
     driver = subprocess.Popen([sys.executable, "-c", script, ws], env={**os.environ, "OMP_NUM_THREADS": "1"})
     markers = Path(ws) / "merge" / "mesh" / "chunks"

@@ -25,9 +25,9 @@ import torch
 import trimesh
 from skimage.measure import marching_cubes
 
+from bigscene.engine import Engine
 from bigscene.errors import ConfigError
 from bigscene.merge.composite import CompositeField
-from bigscene.merge.engine import Engine
 from bigscene.merge.grid import Index, MeshGrid
 from bigscene.merge.weld import weld_tiles
 from bigscene.store import merge_store

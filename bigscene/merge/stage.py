@@ -24,10 +24,10 @@ import torch
 import trimesh
 
 from bigscene.config import Config, save_resolved
+from bigscene.engine import make_engine
 from bigscene.errors import InputError, WorkspaceError
 from bigscene.merge.blocks import BlockBox, BlockField, LazyBlock, ModuleBlock
 from bigscene.merge.composite import CompositeField
-from bigscene.merge.engine import make_engine
 from bigscene.merge.evaluate import (
     geometry_metrics,
     gt_transform,
@@ -93,9 +93,14 @@ def exported_loader(config: Config) -> BlockLoader:
         status = read_json(join(block_dir(workspace, box.id), "train_status.json")) or {}
         if not exists(path) or status.get("state", "done") != "done":
             return None
-        return LazyBlock(box, ExportLoader(path, box, config.merge.background_samples), key=f"{path}@{_stamp(path)}",
-                         kind=config.model.kind, device_name=config.merge.device,
-                         max_loaded=config.merge.max_loaded_blocks)
+        return LazyBlock(
+            box,
+            ExportLoader(path, box, config.merge.background_samples),
+            key=f"{path}@{_stamp(path)}",
+            kind=config.model.kind,
+            device_name=config.merge.device,
+            max_loaded=config.merge.max_loaded_blocks,
+        )
 
     return load
 
@@ -151,8 +156,11 @@ def load_inputs(workspace: str, config: Config, loader: BlockLoader | None = Non
         if block is None:
             status = read_json(join(block_dir(workspace, box.id), "train_status.json")) or {}
             state = status.get("state")
-            absent[box.id] = (f"training not finished (state {state})" if state and state != "done"
-                              else f"no trained model at {model_path(workspace, box.id)}")
+            absent[box.id] = (
+                f"training not finished (state {state})"
+                if state and state != "done"
+                else f"no trained model at {model_path(workspace, box.id)}"
+            )
         else:
             fields.append(block)
     if absent and (not config.merge.allow_missing or not fields):
@@ -163,11 +171,16 @@ def load_inputs(workspace: str, config: Config, loader: BlockLoader | None = Non
             + ("" if not fields else " or set merge.allow_missing=true to merge the others")
         )
     if absent:
-        log.warning("merging %d blocks without %s: their regions render as background and are not meshed",
-                    len(fields), ", ".join(absent))
+        log.warning(
+            "merging %d blocks without %s: their regions render as background and are not meshed",
+            len(fields),
+            ", ".join(absent),
+        )
     field = CompositeField(fields, config.merge.blend, config.merge.idw_margin)
-    stamps = {b.box.id: _stamp(model_path(workspace, b.box.id)) if exists(model_path(workspace, b.box.id)) else "-"
-              for b in fields}
+    stamps = {
+        b.box.id: _stamp(model_path(workspace, b.box.id)) if exists(model_path(workspace, b.box.id)) else "-"
+        for b in fields
+    }
     identity = {"blocks": stamps, "blend": config.merge.blend, "idw_margin": config.merge.idw_margin}
     return MergeInputs(scene, field, [b.box.id for b in fields], absent, identity)
 
@@ -180,8 +193,13 @@ def _record(workspace: str, stage: str, summary: dict[str, Any], config: Config)
 
 def stage_fingerprint(inputs: MergeInputs, config: Config, **extra: Any) -> str:
     """What a stage's result depends on: the blocks, the merge and sampler settings, and `extra`."""
-    doc = {"identity": inputs.identity, "merge": dataclasses.asdict(config.merge),
-           "sampler": dataclasses.asdict(config.sampler), "background": config.scene.background, **extra}
+    doc = {
+        "identity": inputs.identity,
+        "merge": dataclasses.asdict(config.merge),
+        "sampler": dataclasses.asdict(config.sampler),
+        "background": config.scene.background,
+        **extra,
+    }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -261,10 +279,17 @@ def run_mesh(
             log.warning("no surface voxels in the blocks' voxels.zarr; probing the SDF at chunk centres instead")
         seeds, source = probe_seeds(inputs.field, grid), "probe"
     estimate = check_budget(grid, seeds, cfg.voxel_budget)
-    with closing(make_engine(cfg, address)) as engine:
+    with closing(make_engine("merge", cfg.engine, address, cfg.num_cpus, cfg.max_retries, cfg.max_in_flight)) as engine:
         result = mesh_field(workspace, inputs.field, grid, seeds, engine, fp, cfg.colour)
-    summary = {"stage": "mesh", **inputs.summary(), "seeds": source, "nodes_estimate": estimate, **result,
-               "seconds": round(time.perf_counter() - started, 3), "fingerprint": fp}
+    summary = {
+        "stage": "mesh",
+        **inputs.summary(),
+        "seeds": source,
+        "nodes_estimate": estimate,
+        **result,
+        "seconds": round(time.perf_counter() - started, 3),
+        "fingerprint": fp,
+    }
     _record(workspace, "mesh", summary, config)
     return summary
 
@@ -305,7 +330,7 @@ def run_render(
     merge_store.write_bytes_atomic(join(renders, f"{cfg.path}.gif"), gif_bytes(frames))
     roi = inputs.roi
     pixel = cfg.ortho_pixel or float((roi[1, :2] - roi[0, :2]).max()) / 1024
-    with closing(make_engine(cfg, address)) as engine:
+    with closing(make_engine("merge", cfg.engine, address, cfg.num_cpus, cfg.max_retries, cfg.max_in_flight)) as engine:
         ortho = render_ortho(workspace, inputs.field, OrthoGrid(roi, pixel, cfg.ortho_tile), settings, engine)
     summary = {
         "stage": "render",
@@ -360,7 +385,10 @@ def _geometry(workspace: str, config: Config, inputs: MergeInputs, path: str | N
     metrics = geometry_metrics(
         mesh_pieces(workspace, grid),
         split_faces(apply_similarity(transform, gt.vertices), np.asarray(gt.faces)),
-        threshold, max_distance, spacing, seam_band_labeller(inputs.field),
+        threshold,
+        max_distance,
+        spacing,
+        seam_band_labeller(inputs.field),
     )
     by_label = metrics.pop("accuracy_by_label")
     to_input = 1.0 / similarity_scale(inputs.scene.world_from_input)
@@ -391,8 +419,11 @@ def run_eval(
     if done is not None:
         return done
     views = held_out_views(inputs.scene, cfg.eval_views, cfg.render_scale)
-    images = view_metrics(inputs.field, views, RenderSettings.from_config(config), cfg.blend == "image_space") \
-        if views else None
+    images = (
+        view_metrics(inputs.field, views, RenderSettings.from_config(config), cfg.blend == "image_space")
+        if views
+        else None
+    )
     summary = {
         "stage": "eval",
         **inputs.summary(),

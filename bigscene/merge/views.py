@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bigscene.engine import Engine
 from bigscene.merge.composite import CompositeField
-from bigscene.merge.engine import Engine
 from bigscene.merge.render import RenderSettings, render_rays
 from bigscene.scene import Camera, Scene
 from bigscene.store import merge_store

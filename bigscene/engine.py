@@ -1,9 +1,11 @@
-"""Execution engines: run a task function over jobs with Ray (local or a cluster) or in this process.
+"""Execution engines: the same task functions as Ray tasks (local or a cluster) or in this process.
 
-Both retry a task that fails transiently (`RETRYABLE` errors; with Ray also a dead worker) up to
-`max_retries` times, re-raise a task's `BigsceneError` as itself (never retried: bad input stays bad),
-and yield results as they complete.
-Ray is imported only by `RayEngine`, so the inline engine works where Ray is not installed.
+Partitioning (image batches) and merging (mesh chunks, image tiles) run their tasks through these.
+
+Both keep at most `max_in_flight` tasks submitted at once, so the driver never holds more than that many
+results (each a small summary: the data goes to the store); both retry a task that failed transiently
+(`RETRYABLE`; with Ray also a dead worker) and re-raise a task's BigsceneError as itself. Ray is imported
+only by `RayEngine`, so the inline engine works where Ray is not installed.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from bigscene.config import PartitionConfig
 from bigscene.errors import BigsceneError, ConfigError, WorkspaceError
 
 log = logging.getLogger(__name__)
@@ -22,13 +23,13 @@ Job = TypeVar("Job")
 Shared = TypeVar("Shared")
 Result = TypeVar("Result")
 
-#: Task errors worth another attempt: storage hiccups and injected faults, never bad input.
+#: Task errors worth another attempt: storage hiccups and lost workers, never bad input.
 RETRYABLE: tuple[type[Exception], ...] = (OSError, RuntimeError)
 
 
 @dataclass(frozen=True)
 class _Raised:
-    """A BigsceneError a Ray task raised, returned as a value: error types need not pickle as exceptions."""
+    """A BigsceneError raised in a Ray task, returned as a value (error types need not pickle as exceptions)."""
 
     error_type: type[BigsceneError]
     args: tuple
@@ -41,8 +42,7 @@ class _Raised:
         return error
 
 
-def _run_task(fn: Callable[[Job, Shared], Result], job: Job, shared: Shared) -> Result | _Raised:
-    """What a Ray worker runs: the task, with its BigsceneError carried back rather than raised."""
+def _run_task(fn: Callable[[Any, Any], Any], job: Any, shared: Any) -> Any:
     try:
         return fn(job, shared)
     except BigsceneError as err:
@@ -50,6 +50,8 @@ def _run_task(fn: Callable[[Job, Shared], Result], job: Job, shared: Shared) -> 
 
 
 class Engine(Protocol):
+    peak_in_flight: int
+
     def map(
         self, fn: Callable[[Job, Shared], Result], jobs: Sequence[Job], shared: Shared
     ) -> Iterator[tuple[int, Result]]:
@@ -60,15 +62,17 @@ class Engine(Protocol):
 
 
 class InlineEngine:
-    """Runs each task in this process, one after another."""
+    """Each task in this process, one after another."""
 
     def __init__(self, max_retries: int) -> None:
         self.max_retries = max_retries
+        self.peak_in_flight = 0
 
     def map(
         self, fn: Callable[[Job, Shared], Result], jobs: Sequence[Job], shared: Shared
     ) -> Iterator[tuple[int, Result]]:
         for index, job in enumerate(jobs):
+            self.peak_in_flight = max(self.peak_in_flight, 1)
             yield index, self._call(fn, job, shared)
 
     def _call(self, fn: Callable[[Job, Shared], Result], job: Job, shared: Shared) -> Result:
@@ -81,9 +85,8 @@ class InlineEngine:
             except RETRYABLE as err:
                 attempt += 1
                 if attempt > self.max_retries:
-                    raise WorkspaceError(
-                        f"{fn.__name__} failed after {attempt} attempts: {err}; re-run to resume"
-                    ) from err
+                    message = f"{fn.__name__} failed after {attempt} attempts: {err}; re-run to resume"
+                    raise WorkspaceError(message) from err
                 log.warning("%s failed (%s); retrying", fn.__name__, err)
 
     def close(self) -> None:
@@ -91,14 +94,16 @@ class InlineEngine:
 
 
 class RayEngine:
-    """Runs each task as a Ray task: on a local cluster it starts, or on the cluster at `address`."""
+    """Each task a Ray task, on a local cluster it starts or on the cluster at `address`."""
 
-    def __init__(self, address: str | None, num_cpus: int, max_retries: int) -> None:
+    def __init__(
+        self, address: str | None, num_cpus: int, max_retries: int, max_in_flight: int = 0, section: str = "engine"
+    ) -> None:
         try:
             import ray
         except ImportError as err:
             raise ConfigError(
-                "partition.engine=ray but Ray is not installed; `pip install ray` or set partition.engine=inline"
+                f"{section}.engine=ray but Ray is not installed; `pip install ray` or set {section}.engine=inline"
             ) from err
         self._ray = ray
         self.max_retries = max_retries
@@ -108,6 +113,9 @@ class RayEngine:
                 ray.init(address=address, logging_level=logging.WARNING)
             else:
                 ray.init(num_cpus=num_cpus or None, include_dashboard=False, logging_level=logging.WARNING)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.max_in_flight = max_in_flight or 2 * cpus
+        self.peak_in_flight = 0
 
     def map(
         self, fn: Callable[[Job, Shared], Result], jobs: Sequence[Job], shared: Shared
@@ -117,12 +125,21 @@ class RayEngine:
             name=fn.__name__, max_retries=self.max_retries, retry_exceptions=list(RETRYABLE)
         )
         shared_ref = ray.put(shared)
-        index_of = {remote.remote(fn, job, shared_ref): i for i, job in enumerate(jobs)}
-        pending = list(index_of)
+        pending: dict[Any, int] = {}
+        queue = iter(enumerate(jobs))
         try:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                yield index_of[done[0]], self._get(done[0], fn)
+            while True:
+                while len(pending) < self.max_in_flight:
+                    item = next(queue, None)
+                    if item is None:
+                        break
+                    pending[remote.remote(fn, item[1], shared_ref)] = item[0]
+                self.peak_in_flight = max(self.peak_in_flight, len(pending))
+                if not pending:
+                    return
+                done, _ = ray.wait(list(pending), num_returns=1)
+                index = pending.pop(done[0])
+                yield index, self._get(done[0], fn)
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
@@ -148,10 +165,12 @@ class RayEngine:
             self._ray.shutdown()
 
 
-def make_engine(config: PartitionConfig, address: str | None) -> Engine:
-    """The engine `partition.engine` names; `address` (a Ray cluster) needs the Ray engine."""
-    if config.engine == "inline":
+def make_engine(
+    section: str, engine: str, address: str | None, num_cpus: int, max_retries: int, max_in_flight: int = 0
+) -> Engine:
+    """The engine `<section>.engine` names; `address` (a Ray cluster) needs the Ray engine."""
+    if engine == "inline":
         if address:
-            raise ConfigError(f"--address {address} joins a Ray cluster; it needs partition.engine=ray")
-        return InlineEngine(config.max_retries)
-    return RayEngine(address, config.num_cpus, config.max_retries)
+            raise ConfigError(f"--address {address} joins a Ray cluster; it needs {section}.engine=ray")
+        return InlineEngine(max_retries)
+    return RayEngine(address, num_cpus, max_retries, max_in_flight, section)
