@@ -3,8 +3,6 @@ steps lowers its colour loss and its SDF error at points of the true surface."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,13 +15,7 @@ CENTRE = torch.tensor([0.05, -0.05, 0.0])
 RADIUS = 0.6
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: small ops on a shared 2-core machine run far faster without thread hand-offs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def texture(p: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,6 @@ voxel update, against analytic scenes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,14 +27,7 @@ from bigscene.render import (
     update_voxels,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: small ops on a shared 2-core machine run far faster without thread hand-offs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SPHERE_CENTRE = torch.tensor([0.1, 0.0, -0.1])
