@@ -13,13 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-# The largest slice that works end to end today: a synthetic city, partitioned by Ray into 2x2 blocks,
-# and real SfM (pycolmap) on a second synthetic capture, checked against its known poses.
+# The small synthetic city in 2x2 blocks, end to end at a CPU-sized budget (about 5 minutes on 2 cores).
 demo: $(STAMP)
-	$(BIN)/bigscene synth --preset small -w $(WS)/demo/city
-	$(BIN)/bigscene partition -w $(WS)/demo/city partition.rows=2 partition.cols=2
-	$(BIN)/bigscene synth --preset sfm -w $(WS)/demo/sfm-city
-	$(BIN)/bigscene sfm $(WS)/demo/sfm-city/images -w $(WS)/demo/sfm
+	$(BIN)/bigscene demo -w $(WS)/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -16,6 +16,9 @@ from rich.table import Table
 from bigscene import __version__
 from bigscene.config import Config, load_config
 from bigscene.errors import BigsceneError
+
+if TYPE_CHECKING:
+    from bigscene.pipeline import RunResult
 
 log = logging.getLogger("bigscene")
 console = Console(stderr=False)
@@ -42,10 +45,13 @@ def print_summary(title: str, summary: dict[str, Any]) -> None:
 OVERRIDES_HELP = "Any config key can follow as section.key=value, e.g. scene.up=points train.steps=500."
 
 
-def _add_common(parser: argparse.ArgumentParser, overwrite: bool = True) -> None:
+def _add_common(parser: argparse.ArgumentParser, overwrite: bool = True, config_option: bool = True) -> None:
     parser.epilog = OVERRIDES_HELP
     parser.add_argument("-w", "--workspace", required=True, metavar="WS", help="workspace directory or URL")
-    parser.add_argument("-c", "--config", default=None, help="YAML config (a path, or a name in configs/)")
+    if config_option:
+        parser.add_argument("-c", "--config", default=None, help="YAML config (a path, or a name in configs/)")
+    else:
+        parser.set_defaults(config=None)
     if overwrite:
         parser.add_argument("--overwrite", action="store_true", help="replace different earlier outputs")
 
@@ -90,6 +96,31 @@ def _merge_stage(name: str) -> Callable[[argparse.Namespace, Config], dict[str, 
         return getattr(stage, f"run_{name}")(args.workspace, config, address=args.address)
 
     return handler
+
+
+def _print_run(result: RunResult) -> dict[str, Any]:
+    """The merge report and the run's stage table; returns the closing summary."""
+    from bigscene.merge.report import print_report
+    from bigscene.pipeline import stage_table, summary
+    from bigscene.store.workspace import join, read_json
+
+    print_report(read_json(join(result.workspace, "merge", "report.json")) or {}, console)
+    console.print(stage_table(result))
+    return summary(result)
+
+
+def _run(args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    from bigscene.pipeline import Source, run_pipeline
+
+    config = load_config(args.config_file, args.overrides)
+    source = Source.resolve(args.source, args.synth, dict(item.split("=", 1) for item in args.synth_overrides))
+    return _print_run(run_pipeline(args.workspace, config, source, address=args.address, overwrite=args.overwrite))
+
+
+def _demo(args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    from bigscene.pipeline import run_demo
+
+    return _print_run(run_demo(args.workspace, args.overrides, address=args.address))
 
 
 MERGE_STAGES = {
@@ -169,6 +200,30 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. auto or host:6379)")
         _add_common(sub, overwrite=False)
         sub.set_defaults(handler=_merge_stage(name))
+
+    run = stages.add_parser(
+        "run",
+        help="the whole pipeline: scene (synth, SfM or ingest), partition, train, merge, mesh, render, eval",
+        description="Run every stage on the workspace, skipping those already complete, and write WS/run.json. "
+        "--source reads a folder of photos (SfM) or a scene (COLMAP, transforms.json, Blender, NeuS); --synth "
+        "generates a synthetic city with ground truth; neither uses the scene already in the workspace.",
+    )
+    run.add_argument("config_file", metavar="CONFIG", help="YAML config (a path, or a name in configs/)")
+    run.add_argument("--source", default=None, help="folder of photos, or a scene to ingest")
+    run.add_argument("--synth", default=None, metavar="PRESET", help="tiny | small | city | scale | sfm")
+    run.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. auto or host:6379)")
+    _add_common(run, config_option=False)
+    run.set_defaults(handler=_run, summary_file="run.json")
+
+    demo = stages.add_parser(
+        "demo",
+        help="the small synthetic city in 2x2 blocks at a CPU-sized budget, end to end (minutes on a laptop)",
+        description="`bigscene run configs/demo.yaml --synth small`: writes the merged mesh, renders, the "
+        "partition map and the report, and prints where they are.",
+    )
+    demo.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. auto or host:6379)")
+    _add_common(demo, overwrite=False, config_option=False)
+    demo.set_defaults(handler=_demo, summary_file="run.json")
     return parser
 
 
@@ -199,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BigsceneError as err:
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         return 2
-    print_summary(f"bigscene {args.stage}: {args.workspace}/{args.stage}.json", summary)
+    summary_file = getattr(args, "summary_file", f"{args.stage}.json")
+    print_summary(f"bigscene {args.stage}: {args.workspace}/{summary_file}", summary)
     return 0
 
 
