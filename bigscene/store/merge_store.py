@@ -21,16 +21,13 @@ Layout (schema version 1):
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import fsspec
 import numpy as np
 import zarr
 
-from bigscene.store.workspace import is_remote, join
+from bigscene.store.workspace import join, write_bytes_atomic
 
 SCHEMA_VERSION = 1
 MERGE_DIR = "merge"
@@ -62,24 +59,6 @@ def marker_path(workspace: str, ijk: tuple[int, int, int]) -> str:
 
 def tile_path(workspace: str, ijk: tuple[int, int, int], suffix: str = "npz") -> str:
     return merge_path(workspace, "mesh", "tiles", f"{chunk_name(ijk)}.{suffix}")
-
-
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write a whole file so that readers see the old one or the new one, never half of it."""
-    if is_remote(path):
-        with fsspec.open(path, "wb") as f:
-            f.write(data)
-        return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_bytes(path: str) -> bytes:

@@ -35,22 +35,26 @@ def read_json(path: str) -> dict[str, Any] | None:
         return json.load(f)
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Write text so a reader sees the old file or the whole new one, never half of it."""
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write a whole file so that readers see the old one or the new one, never half of it."""
     if is_remote(path):
-        with fsspec.open(path, "w") as f:
-            f.write(text)
+        with fsspec.open(path, "wb") as f:
+            f.write(data)
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
 
 
 def write_json_atomic(path: str, document: dict[str, Any]) -> None:
