@@ -26,31 +26,14 @@ from partitioning import run_partition
 
 log = logging.getLogger(__name__)
 
+#: Bundled config with the toy model and sampler every CPU check trains.
+TOY_CONFIG = "cpu_toy"
 BLOCKS = ("b000", "b001", "b002", "b003")
 STEPS = 40
 SYNTH = {"gt_mesh": False, "width": 48, "height": 36, "ambient_occlusion": False}
 PARTITION = ["partition.engine=inline", "partition.chunk_rays=2048", "partition.voxel_size=1.0"]
 #: The small model the tests train: seconds per block on one CPU thread.
 SMALL = [
-    "model.hash_levels=6",
-    "model.hash_table_log2=12",
-    "model.base_resolution=4",
-    "model.finest_resolution=64",
-    "model.hidden_dim=32",
-    "model.num_layers=1",
-    "model.feature_dim=8",
-    "model.color_hidden_dim=32",
-    "model.color_layers=1",
-    "model.appearance_dim=4",
-    "model.background_hidden_dim=16",
-    "model.background_freqs=4",
-    "model.sh_degree=2",
-    "sampler.voxel_samples=16",
-    "sampler.surface_samples=8",
-    "sampler.guided_uniform_samples=8",
-    "sampler.background_samples=8",
-    "sampler.surface_band=1.0",
-    "sampler.min_voxel_size=0.5",
     f"train.steps={STEPS}",
     "train.rays_per_batch=256",
     "train.target_samples=4096",
@@ -67,7 +50,7 @@ LOADER_BATCHES, LOADER_RAYS = 400, 1024
 
 
 def _config(*overrides: str) -> Config:
-    return load_config(None, [*PARTITION, *SMALL, *overrides])
+    return load_config(TOY_CONFIG, [*PARTITION, *SMALL, *overrides])
 
 
 def _train(ws: str, block: str, config: Config) -> tuple[float, float]:

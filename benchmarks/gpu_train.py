@@ -54,29 +54,12 @@ CITY_TRAIN = [
     "train.log_every=25",
 ]
 #: Toy sizes for --smoke: the tiny city and the model the CPU tests train.
+#: Bundled config with the toy model and sampler every CPU check trains.
+TOY_CONFIG = "cpu_toy"
 TINY = {"gt_mesh": False, "width": 48, "height": 36, "ambient_occlusion": False}
 TINY_TRAIN = [
     "partition.voxel_size=1.0",
     "partition.chunk_rays=2048",
-    "model.hash_levels=6",
-    "model.hash_table_log2=12",
-    "model.base_resolution=4",
-    "model.finest_resolution=64",
-    "model.hidden_dim=32",
-    "model.num_layers=1",
-    "model.feature_dim=8",
-    "model.color_hidden_dim=32",
-    "model.color_layers=1",
-    "model.appearance_dim=4",
-    "model.background_hidden_dim=16",
-    "model.background_freqs=4",
-    "model.sh_degree=2",
-    "sampler.voxel_samples=16",
-    "sampler.surface_samples=8",
-    "sampler.guided_uniform_samples=8",
-    "sampler.background_samples=8",
-    "sampler.surface_band=1.0",
-    "sampler.min_voxel_size=0.5",
     "train.steps=40",
     "train.rays_per_batch=256",
     "train.target_samples=4096",
@@ -133,7 +116,7 @@ def main() -> int:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     preset, synth = ("tiny", TINY) if args.smoke else ("city", CITY)
     overrides = [*ENGINES, *(TINY_TRAIN if args.smoke else CITY_TRAIN), f"train.max_minutes={args.minutes}"]
-    config = load_config(None, overrides)
+    config = load_config(TOY_CONFIG if args.smoke else None, overrides)
     ws = args.workspace
     timings = {}
 

@@ -36,31 +36,14 @@ from bigscene.train.blocks import block_fingerprint, read_block
 from bigscene.train.views import make_view, select_views
 from partitioning import run_partition
 
+#: Bundled config with the toy model and sampler every CPU check trains.
+TOY_CONFIG = "cpu_toy"
 BLOCKS = ["b000", "b001", "b002", "b003"]
 STEPS = 100
 SYNTH = {"gt_mesh": False, "width": 48, "height": 36, "ambient_occlusion": False}
 PARTITION = ["partition.engine=inline", "partition.chunk_rays=2048", "partition.voxel_size=1.0"]
 #: A small model and sampler: a few hundred CPU steps take seconds per block.
 SMALL = [
-    "model.hash_levels=6",
-    "model.hash_table_log2=12",
-    "model.base_resolution=4",
-    "model.finest_resolution=64",
-    "model.hidden_dim=32",
-    "model.num_layers=1",
-    "model.feature_dim=8",
-    "model.color_hidden_dim=32",
-    "model.color_layers=1",
-    "model.appearance_dim=4",
-    "model.background_hidden_dim=16",
-    "model.background_freqs=4",
-    "model.sh_degree=2",
-    "sampler.voxel_samples=16",
-    "sampler.surface_samples=8",
-    "sampler.guided_uniform_samples=8",
-    "sampler.background_samples=8",
-    "sampler.surface_band=1.0",
-    "sampler.min_voxel_size=0.5",
     f"train.steps={STEPS}",
     "train.rays_per_batch=256",
     "train.target_samples=4096",
@@ -79,12 +62,25 @@ SMALL = [
 
 
 def train_config(*overrides: str) -> Config:
-    return load_config(None, [*PARTITION, *SMALL, *overrides])
+    return load_config(TOY_CONFIG, [*PARTITION, *SMALL, *overrides])
 
 
 def cli(ws: Path, *overrides: str) -> list[str]:
     """`python -m bigscene.train` on one block with the small config (overrides win)."""
-    return [sys.executable, "-m", "bigscene.train", "-w", str(ws), "--blocks", "b000", *PARTITION, *SMALL, *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "bigscene.train",
+        "-w",
+        str(ws),
+        "--blocks",
+        "b000",
+        "-c",
+        TOY_CONFIG,
+        *PARTITION,
+        *SMALL,
+        *overrides,
+    ]
 
 
 def copy_ws(source: Path, dest: Path) -> Path:
