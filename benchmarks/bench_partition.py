@@ -1,7 +1,8 @@
 """Partitioning throughput and memory.
 
-- Assignment: rays/s on one core for the vectorised assignment (all blocks at once, one visibility march
-  per ray) against a straightforward per-block numpy loop, on the same rays; the two must agree.
+- Assignment: rays/s on one core for the compiled assignment (one pass over the rays, all blocks at once,
+  one visibility march per ray) against a straightforward per-block numpy loop (a numpy slab test per
+  block, then one march per later (ray, block) pair), on the same rays; the two must agree exactly.
 - End to end: rays written/s by `run_partition` with the inline engine (one core), against writing the
   same number of rays straight into one store (the I/O ceiling).
 - Memory: peak RSS of a whole partition run in a fresh process for 1k and 10k image poses: it must stay
@@ -132,7 +133,7 @@ def assignment_rows() -> list[BenchRow]:
     fast_s, found = best_of(lambda: assign(o, d, boxes, grid, MARGIN))
     slow_s, expected = best_of(lambda: per_block_loop(o, d, boxes, grid), repeats=1)
     if set(zip(found.ray.tolist(), found.block.tolist(), strict=True)) != expected:
-        raise AssertionError("vectorised assignment disagrees with the per-block loop")
+        raise AssertionError("compiled assignment disagrees with the per-block loop")
     n = len(o)
     log.info("assignment: %d rays, %d blocks, %.2f blocks per ray", n, len(boxes), len(found.ray) / n)
     return [BenchRow(f"assigned rays/s/core, {GRID}x{GRID} blocks", n / fast_s, "per-block loop", n / slow_s, "rays/s")]

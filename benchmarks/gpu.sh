@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmark: generate a reduced `city`, train one block for MINUTES (default 3) and print samples/s and
-# validation PSNR against training time (benchmarks/gpu_train.py). The whole run is cut at LIMIT seconds
+# validation PSNR against training time, then mesh the block and print its F-score against the ground truth
+# (benchmarks/gpu_train.py; the figures also go to WS/gpu_train.json). The whole run is cut at LIMIT seconds
 # (default 450, under 8 minutes). Ray, W&B and Zarr's extras are not needed there (see launch/README.md).
 # Usage: benchmarks/gpu.sh [--workspace DIR] [--smoke]; PYTHON picks the interpreter (default: .venv, else python3).
 set -euo pipefail

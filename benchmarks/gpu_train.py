@@ -1,7 +1,10 @@
 """GPU benchmark: train one block of a reduced `city` synthetic scene for a few minutes; print samples/s and
-validation PSNR against training time. End to end (generate, partition, train, report) in under 8 minutes.
+validation PSNR against training time, then mesh the block and print its F-score against the synthetic ground
+truth inside the block's inner box (the region it owns; the other blocks are not trained). End to end (generate,
+partition, train, mesh, evaluate, report) in under 8 minutes; the figures are also written to WS/gpu_train.json.
 
-Runs where Ray and W&B are not installed: partition.engine=inline, train.engine=inline, logging.tracker=csv.
+Runs where Ray and W&B are not installed: partition.engine=inline, train.engine=inline, merge.engine=inline,
+logging.tracker=csv.
 bigscene's own dependencies (zarr, omegaconf) must be importable; on a machine without them, install their
 wheels first (see launch/README.md). `--smoke` runs the whole path at toy sizes on any machine (CPU too).
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
+import json
 import logging
 import sys
 import time
@@ -21,7 +25,7 @@ from pathlib import Path
 log = logging.getLogger("gpu_train")
 
 #: The `city` preset cut down so that generation takes about two minutes on one GPU: 3 x 3 city blocks,
-#: ~300 views at 320 x 240 with no supersampling or soft shadows.
+#: ~300 views at 320 x 240 with no supersampling or soft shadows; the ground-truth mesh at 0.5 m.
 CITY = {
     "blocks_x": 3,
     "blocks_y": 3,
@@ -36,7 +40,7 @@ CITY = {
     "novel_views": 8,
     "test_every": 10,
     "points": 40000,
-    "gt_mesh": False,
+    "gt_voxel": 0.5,
 }
 CITY_TRAIN = [
     "partition.voxel_size=0.5",
@@ -52,11 +56,12 @@ CITY_TRAIN = [
     "train.ckpt_every=1000",
     "train.voxel_update_every=1000",
     "train.log_every=25",
+    "merge.voxel_size=0.5",  # F-score at 2 x 0.5 m
 ]
 #: Toy sizes for --smoke: the tiny city and the model the CPU tests train.
 #: Bundled config with the toy model and sampler every CPU check trains.
 TOY_CONFIG = "cpu_toy"
-TINY = {"gt_mesh": False, "width": 48, "height": 36, "ambient_occlusion": False}
+TINY = {"gt_voxel": 0.5, "width": 48, "height": 36, "ambient_occlusion": False}
 TINY_TRAIN = [
     "partition.voxel_size=1.0",
     "partition.chunk_rays=2048",
@@ -71,8 +76,18 @@ TINY_TRAIN = [
     "train.shuffle_buffer=8192",
     "train.num_workers=0",
     "train.log_every=5",
+    "merge.voxel_size=0.5",
+    "merge.chunk=33",
 ]
-ENGINES = ["partition.engine=inline", "train.engine=inline", "logging.tracker=csv"]
+#: One trained block is meshed alone (the others are absent), without vertex colours (not scored).
+ENGINES = [
+    "partition.engine=inline",
+    "train.engine=inline",
+    "merge.engine=inline",
+    "merge.allow_missing=true",
+    "merge.colour=false",
+    "logging.tracker=csv",
+]
 
 
 def check_dependencies() -> None:
@@ -109,6 +124,7 @@ def main() -> int:
     from rich.table import Table
 
     from bigscene.config import load_config
+    from bigscene.merge.stage import block_geometry, run_mesh
     from bigscene.synth import generate, make_config
     from bigscene.train import run_train
     from partitioning import run_partition
@@ -150,6 +166,12 @@ def main() -> int:
     result = run_train(ws, config, blocks=[block])["records"][block]
     timings["train"] = time.perf_counter() - started
 
+    started = time.perf_counter()
+    mesh = run_mesh(ws, config)
+    geometry = block_geometry(ws, config, block)
+    timings["mesh + eval"] = time.perf_counter() - started
+    log.info("meshed %s: %d faces in %.0f s", block, mesh["faces"], timings["mesh + eval"])
+
     versions = sorted((Path(ws) / "logs" / "csv" / block).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
     table = Table(title=f"{block} of the reduced city on {device}: PSNR and samples/s against training time")
     for column in ("train s", "step", "val PSNR", "samples/s"):
@@ -165,6 +187,20 @@ def main() -> int:
         f"{block}: {result['steps']} steps, PSNR {psnr} dB, {result['samples_per_second']:,.0f} samples/s, "
         f"{result['steps_per_second']} steps/s; " + ", ".join(f"{stage} {s:.0f} s" for stage, s in timings.items())
     )
+    console.print(
+        f"{block} mesh against the ground truth in its inner box: F-score {geometry['fscore']:.3f} at "
+        f"{geometry['threshold']:g} scene units (precision {geometry['precision']:.3f}, "
+        f"recall {geometry['recall']:.3f}), Chamfer {geometry['chamfer']:.3f}"
+    )
+    record = {
+        "device": device,
+        "preset": preset,
+        "block": block,
+        "train": result,
+        "geometry": geometry,
+        "seconds": timings,
+    }
+    Path(ws, "gpu_train.json").write_text(json.dumps(record, indent=2))
     return 0
 
 

@@ -7,23 +7,22 @@ not train on pixels it cannot see. The block's near/far is that segment. Rays th
 to the background of the first block whose ground footprint they pass over, with an empty segment
 (near == far), or are dropped with `sky="drop"`.
 
-Vectorised over rays and blocks at once: consecutive rays are grouped (callers pass image tiles, see
-`tile_order`), a cone test per group keeps the few blocks the group can reach, and the slab test runs on
-the surviving (ray, block) pairs only; one visibility march per ray serves every block it crosses.
+One compiled pass over the rays (numba): consecutive rays are grouped (callers pass image tiles, see
+`tile_order`), a cone test per group keeps the few blocks the group can reach, the slab test runs against
+those only, and one visibility march per ray (jumping across empty space) serves every block it crosses.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
-from partitioning.voxels import VisibilityGrid
+from partitioning.voxels import VisibilityGrid, march
 
 #: Direction components smaller than this are treated as this (keeps the slab test finite).
 _TINY = np.float32(1e-12)
-#: Rays assigned per chunk; bounds the temporaries.
-CHUNK_RAYS = 1 << 15
 #: Consecutive rays sharing one cone test (a 16 x 16 pixel tile).
 GROUP = 256
 
@@ -81,66 +80,19 @@ def slab(origins: np.ndarray, dirs: np.ndarray, lo: np.ndarray, hi: np.ndarray) 
     return t0, t1
 
 
-def _pair_slab(
-    origins: np.ndarray, inv: np.ndarray, ray: np.ndarray, lo: np.ndarray, hi: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """`slab` for P (ray, box) pairs: rays (N, 3) with inverse dirs, pair ray indices (P,), boxes (P, 3)."""
-    t0 = np.zeros(len(ray), dtype=np.float32)
-    t1 = np.full(len(ray), np.inf, dtype=np.float32)
-    for axis in range(3):
-        o, i = origins[ray, axis], inv[ray, axis]
-        ta, tb = (lo[:, axis] - o) * i, (hi[:, axis] - o) * i
-        np.maximum(t0, np.minimum(ta, tb), out=t0)
-        np.minimum(t1, np.maximum(ta, tb), out=t1)
-    return t0, t1
-
-
-def reachable(origins: np.ndarray, dirs: np.ndarray, outer: np.ndarray) -> np.ndarray:
-    """(G, B) bool: which boxes (B, 2, 3) each group of rays (G, n, 3) may cross; a conservative cone test.
-
-    A group's rays lie in the cone from its origins' centre, around their mean direction, as wide as its
-    widest ray; a box can be crossed only if its bounding sphere, grown by the origins' spread, meets it.
-    """
-    centre = origins.mean(axis=1)  # (G, 3)
-    spread = np.linalg.norm(origins - centre[:, None], axis=-1).max(axis=1)  # (G,)
-    axis = dirs.sum(axis=1)
-    length = np.linalg.norm(axis, axis=-1)
-    axis = axis / np.maximum(length, 1e-12)[:, None]
-    cos_alpha = np.einsum("gnc,gc->gn", dirs, axis).min(axis=1)
-    alpha = np.where(length > 1e-3, np.arccos(np.clip(cos_alpha, -1.0, 1.0)), np.pi)  # half-angle (G,)
-    to_box = outer.mean(axis=1)[None] - centre[:, None]  # (G, B, 3)
-    dist = np.maximum(np.linalg.norm(to_box, axis=-1), 1e-12)  # (G, B)
-    radius = 0.5 * np.linalg.norm(outer[:, 1] - outer[:, 0], axis=-1)[None] + spread[:, None]  # (G, B)
-    theta = np.arccos(np.clip(np.einsum("gbc,gc->gb", to_box, axis) / dist, -1.0, 1.0))
-    return (dist <= radius) | (theta <= alpha[:, None] + np.arcsin(np.clip(radius / dist, 0.0, 1.0)) + 1e-6)
-
-
 def nearest_footprint(origins: np.ndarray, dirs: np.ndarray, inner_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For rays (N, 3) crossing no box: the block whose footprint (B, 2, 2) the ray's ground projection
     passes over first (the one under its origin, if any), else (a ray leaving the layout) the footprint
     nearest its origin. Returns block (N,) int32 and the distance t (N,) float32 where the ray reaches
     that footprint (0 if none)."""
-    o2 = origins[:, :2]
-    block = np.zeros(len(o2), dtype=np.int64)
-    t = np.zeros(len(o2), dtype=np.float32)
-    # origins are few (one per camera): find the footprint under each once
-    keys = np.ascontiguousarray(o2, dtype=np.float32).view(np.uint64).reshape(-1)  # one key per (x, y)
-    first_of, inverse = np.unique(keys, return_index=True, return_inverse=True)[1:]
-    unique = o2[first_of]  # (U, 2)
-    under = np.all((unique[:, None] >= inner_xy[None, :, 0]) & (unique[:, None] <= inner_xy[None, :, 1]), axis=-1)
-    has = under.any(axis=1)[inverse]
-    block[has] = under.argmax(axis=1)[inverse][has]
-    rest = np.flatnonzero(~has)
-    if rest.size:
-        t0, t1 = slab(o2[rest], dirs[rest, :2], inner_xy[:, 0], inner_xy[:, 1])  # (R, B)
-        entry = np.where(t1 >= t0, t0, np.inf)
-        block[rest] = entry.argmin(axis=1)
-        t[rest] = entry[np.arange(rest.size), block[rest]]
-        missed = rest[np.isinf(t[rest])]
-        gap = np.maximum(np.maximum(inner_xy[None, :, 0] - unique[:, None], unique[:, None] - inner_xy[None, :, 1]), 0)
-        block[missed] = (gap * gap).sum(axis=-1).argmin(axis=1)[inverse[missed]]  # (U, B, 2) -> per origin
-        t[missed] = 0.0
-    return block.astype(np.int32), t
+    origins = np.ascontiguousarray(origins, dtype=np.float32)
+    dirs = np.ascontiguousarray(dirs, dtype=np.float32)
+    inner_xy = np.ascontiguousarray(inner_xy, dtype=np.float32)
+    block = np.empty(len(origins), dtype=np.int32)
+    t = np.empty(len(origins), dtype=np.float32)
+    for r in range(len(origins)):
+        block[r], t[r] = _sky_block(origins[r], dirs[r], inner_xy, _under(origins[r], inner_xy))
+    return block, t
 
 
 def assign(
@@ -152,77 +104,217 @@ def assign(
     sky: str = "background",
 ) -> Assignment:
     """Assign rays origins, dirs (N, 3) float32 (unit dirs) to blocks; see the module docstring."""
-    parts = [
-        _assign_chunk(origins[s : s + CHUNK_RAYS], dirs[s : s + CHUNK_RAYS], boxes, grid, margin, sky, s)
-        for s in range(0, len(origins), CHUNK_RAYS)
-    ]
-    dropped: dict[str, int] = {}
-    for part in parts:
-        for reason, count in part.dropped.items():
-            dropped[reason] = dropped.get(reason, 0) + count
-    return Assignment(
-        np.concatenate([np.zeros(0, np.int64), *(p.ray for p in parts)]),
-        np.concatenate([np.zeros(0, np.int32), *(p.block for p in parts)]),
-        np.concatenate([np.zeros((0, 2), np.float32), *(p.near_far for p in parts)]),
-        np.concatenate([np.zeros(0, bool), *(p.background for p in parts)]),
-        dropped,
+    o = np.ascontiguousarray(origins, dtype=np.float32)
+    d = np.ascontiguousarray(dirs, dtype=np.float32)
+    ray, block, near_far, background, invalid, dropped_sky = _assign(
+        o,
+        d,
+        np.ascontiguousarray(boxes.outer, dtype=np.float32),
+        np.ascontiguousarray(boxes.inner_xy, dtype=np.float32),
+        np.ascontiguousarray(boxes.ground, dtype=np.float32),
+        grid.distance,
+        grid.origin,
+        np.float32(grid.cell),
+        np.float32(margin),
+        sky == "background",
     )
+    dropped = {"invalid_ray": int(invalid)}
+    if sky != "background":
+        dropped["sky"] = int(dropped_sky)
+    return Assignment(ray, block, near_far, background, dropped)
 
 
-def _groups(values: np.ndarray) -> np.ndarray:
-    """(N, 3) -> (ceil(N / GROUP), GROUP, 3), the last group padded with its last row."""
-    pad = -len(values) % GROUP
-    return np.concatenate([values, np.repeat(values[-1:], pad, axis=0)]).reshape(-1, GROUP, 3)
+@numba.njit(cache=True, nogil=True)
+def _safe_component(value: np.float32) -> np.float32:
+    """A direction component with magnitude at least _TINY (keeps the slab test finite), as `_safe`."""
+    if abs(value) < _TINY:
+        return -_TINY if value < 0 else _TINY
+    return value
 
 
-def _assign_chunk(
-    origins: np.ndarray,
-    dirs: np.ndarray,
-    boxes: BlockBoxes,
-    grid: VisibilityGrid,
-    margin: float,
-    sky: str,
-    offset: int,
-) -> Assignment:
-    valid = np.all(np.isfinite(origins), axis=1) & np.all(np.isfinite(dirs), axis=1)
-    valid_index = np.flatnonzero(valid)
-    o, d = origins[valid], dirs[valid]
-    n = len(o)
-    dropped = {"invalid_ray": len(origins) - n}
-    if n:
-        group, block = np.nonzero(reachable(_groups(o), _groups(d), boxes.outer))  # (Q,) candidate pairs
-        ray = (group[:, None] * GROUP + np.arange(GROUP)[None]).reshape(-1)  # (Q * GROUP,)
-        block = np.repeat(block, GROUP)
-        real = ray < n
-        ray, block = ray[real], block[real]
-    else:
-        ray = block = np.zeros(0, np.int64)
-    t0, t1 = _pair_slab(o, 1.0 / _safe(d), ray, boxes.outer[block, 0], boxes.outer[block, 1])
-    entry_z = o[ray, 2] + t0 * d[ray, 2]
-    crosses = (t1 > t0) & ~((t0 > 0) & (entry_z < boxes.ground[block]))
-    ray, block, t0, t1 = ray[crosses], block[crosses], t0[crosses], t1[crosses]
+@numba.njit(cache=True, nogil=True)
+def _under(origin: np.ndarray, inner_xy: np.ndarray) -> int:
+    """The first block whose footprint (B, 2, 2) holds the ray origin's ground projection, else -1."""
+    for b in range(len(inner_xy)):
+        if inner_xy[b, 0, 0] <= origin[0] <= inner_xy[b, 1, 0] and inner_xy[b, 0, 1] <= origin[1] <= inner_xy[b, 1, 1]:
+            return b
+    return -1
 
-    count = np.bincount(ray, minlength=n)
-    first = np.full(n, np.inf, dtype=np.float32)
-    last = np.full(n, -np.inf, dtype=np.float32)
-    np.minimum.at(first, ray, t0)
-    np.maximum.at(last, ray, t0)
-    several = np.flatnonzero(count >= 2)
-    if several.size:
-        hit = np.full(n, np.inf, dtype=np.float32)
-        hit[several] = grid.first_hit(o[several], d[several], first[several], last[several] - margin)
-        seen = t0 <= hit[ray] + margin
-        ray, block, t0, t1 = ray[seen], block[seen], t0[seen], t1[seen]
 
-    near_far = np.stack([t0, t1], axis=-1)
-    background = np.zeros(len(ray), dtype=bool)
-    none = np.flatnonzero(count == 0)
-    if sky == "background" and none.size:
-        sky_block, sky_t = nearest_footprint(o[none], d[none], boxes.inner_xy)
-        ray = np.concatenate([ray, none])
-        block = np.concatenate([block, sky_block])
-        near_far = np.concatenate([near_far, np.stack([sky_t, sky_t], axis=-1)])
-        background = np.concatenate([background, np.ones(none.size, dtype=bool)])
-    else:
-        dropped["sky"] = int(none.size)
-    return Assignment(valid_index[ray].astype(np.int64) + offset, block.astype(np.int32), near_far, background, dropped)
+@numba.njit(cache=True, nogil=True)
+def _sky_block(origin: np.ndarray, direction: np.ndarray, inner_xy: np.ndarray, under: int) -> tuple[int, np.float32]:
+    """`nearest_footprint` for one ray whose origin lies over footprint `under` (-1: over none)."""
+    zero = np.float32(0.0)
+    if under >= 0:
+        return under, zero
+    inv_x, inv_y = np.float32(1.0) / _safe_component(direction[0]), np.float32(1.0) / _safe_component(direction[1])
+    best, best_t = -1, np.float32(np.inf)
+    for b in range(len(inner_xy)):
+        ta, tb = (inner_xy[b, 0, 0] - origin[0]) * inv_x, (inner_xy[b, 1, 0] - origin[0]) * inv_x
+        tc, td = (inner_xy[b, 0, 1] - origin[1]) * inv_y, (inner_xy[b, 1, 1] - origin[1]) * inv_y
+        t0 = max(zero, min(ta, tb), min(tc, td))
+        t1 = min(max(ta, tb), max(tc, td))
+        if t1 >= t0 and t0 < best_t:
+            best, best_t = b, t0
+    if best >= 0:
+        return best, best_t
+    nearest = np.inf
+    for b in range(len(inner_xy)):
+        gap = zero
+        for a in range(2):
+            g = max(inner_xy[b, 0, a] - origin[a], origin[a] - inner_xy[b, 1, a], zero)
+            gap += g * g
+        if gap < nearest:
+            best, nearest = b, gap
+    return best, zero
+
+
+@numba.njit(cache=True, nogil=True)
+def _reachable(o: np.ndarray, d: np.ndarray, valid: np.ndarray, centre: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """(B,) bool: which boxes (bounding spheres centre (B, 3), radius (B,)) the valid rays of a group o, d
+    (n, 3) may cross; a conservative cone test.
+
+    The rays lie in the cone from their origins' centre, around their mean direction, as wide as the widest
+    ray; a box can be crossed only if its bounding sphere, grown by the origins' spread, meets that cone.
+    """
+    n = 0
+    mx = my = mz = ax = ay = az = 0.0  # origins' centre, directions' sum
+    for r in range(len(o)):
+        if valid[r]:
+            n += 1
+            mx, my, mz = mx + o[r, 0], my + o[r, 1], mz + o[r, 2]
+            ax, ay, az = ax + d[r, 0], ay + d[r, 1], az + d[r, 2]
+    mx, my, mz = mx / n, my / n, mz / n
+    spread = 0.0
+    for r in range(len(o)):
+        if valid[r]:
+            spread = max(spread, np.sqrt((o[r, 0] - mx) ** 2 + (o[r, 1] - my) ** 2 + (o[r, 2] - mz) ** 2))
+    length = np.sqrt(ax * ax + ay * ay + az * az)
+    scale = 1.0 / max(length, 1e-12)
+    ax, ay, az = ax * scale, ay * scale, az * scale
+    alpha = np.pi  # half-angle
+    if length > 1e-3:
+        cos_alpha = 1.0
+        for r in range(len(o)):
+            if valid[r]:
+                cos_alpha = min(cos_alpha, d[r, 0] * ax + d[r, 1] * ay + d[r, 2] * az)
+        alpha = np.arccos(min(max(cos_alpha, -1.0), 1.0))
+    out = np.empty(len(radius), dtype=np.bool_)
+    for b in range(len(radius)):
+        tx, ty, tz = centre[b, 0] - mx, centre[b, 1] - my, centre[b, 2] - mz
+        dist = max(np.sqrt(tx * tx + ty * ty + tz * tz), 1e-12)
+        grown = radius[b] + spread
+        theta = np.arccos(min(max((tx * ax + ty * ay + tz * az) / dist, -1.0), 1.0))
+        out[b] = dist <= grown or theta <= alpha + np.arcsin(min(grown / dist, 1.0)) + 1e-6
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _assign(
+    o: np.ndarray,
+    d: np.ndarray,
+    outer: np.ndarray,
+    inner_xy: np.ndarray,
+    ground: np.ndarray,
+    distance: np.ndarray,
+    grid_origin: np.ndarray,
+    cell: np.float32,
+    margin: np.float32,
+    keep_sky: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """`assign` over rays o, d (N, 3) float32: ray (M,) int64, block (M,) int32, near_far (M, 2) float32,
+    background (M,) bool, and the numbers of invalid and of dropped sky rays."""
+    n, num_boxes = len(o), len(outer)
+    centre = np.empty((num_boxes, 3))
+    radius = np.empty(num_boxes)
+    for b in range(num_boxes):
+        size = 0.0
+        for a in range(3):
+            centre[b, a] = 0.5 * (np.float64(outer[b, 0, a]) + outer[b, 1, a])
+            size += (np.float64(outer[b, 1, a]) - outer[b, 0, a]) ** 2
+        radius[b] = 0.5 * np.sqrt(size)
+    capacity = 2 * n + 16
+    ray = np.empty(capacity, dtype=np.int64)
+    block = np.empty(capacity, dtype=np.int32)
+    near_far = np.empty((capacity, 2), dtype=np.float32)
+    background = np.empty(capacity, dtype=np.bool_)
+    candidates = np.empty(num_boxes, dtype=np.int64)
+    t0s = np.empty(num_boxes, dtype=np.float32)
+    t1s = np.empty(num_boxes, dtype=np.float32)
+    hits = np.empty(num_boxes, dtype=np.int64)
+    # structure of arrays, so that the slab test below vectorises over a group's rays
+    valid = np.empty(n, dtype=np.bool_)
+    inv = np.empty((3, n), dtype=np.float32)  # inverse directions
+    start = np.empty((3, n), dtype=np.float32)  # origins
+    for r in range(n):
+        valid[r] = True
+        for a in range(3):
+            valid[r] &= np.isfinite(o[r, a]) and np.isfinite(d[r, a])
+            inv[a, r] = np.float32(1.0) / _safe_component(d[r, a])
+            start[a, r] = o[r, a]
+    near_t = np.empty((num_boxes, GROUP), dtype=np.float32)  # (candidate, ray in group) slab entry
+    far_t = np.empty((num_boxes, GROUP), dtype=np.float32)  # and exit
+    zero = np.float32(0.0)
+    m = dropped_sky = 0
+    for g in range(0, n, GROUP):
+        end = min(n, g + GROUP)
+        if not valid[g:end].any():
+            continue
+        reach = _reachable(o[g:end], d[g:end], valid[g:end], centre, radius)
+        c = 0
+        for b in range(num_boxes):
+            if reach[b]:
+                candidates[c] = b
+                c += 1
+        for i in range(c):
+            b = candidates[i]
+            t0_row, t1_row = near_t[i], far_t[i]
+            for r in range(g, end):
+                ta = (outer[b, 0, 0] - start[0, r]) * inv[0, r]
+                tb = (outer[b, 1, 0] - start[0, r]) * inv[0, r]
+                tc = (outer[b, 0, 1] - start[1, r]) * inv[1, r]
+                td = (outer[b, 1, 1] - start[1, r]) * inv[1, r]
+                te = (outer[b, 0, 2] - start[2, r]) * inv[2, r]
+                tf = (outer[b, 1, 2] - start[2, r]) * inv[2, r]
+                t0_row[r - g] = max(zero, min(ta, tb), min(tc, td), min(te, tf))
+                t1_row[r - g] = min(max(ta, tb), max(tc, td), max(te, tf))
+        under_of, under_x, under_y = -1, np.nan, np.nan  # footprint under (x, y): a group's rays share origins
+        for r in range(g, end):
+            if not valid[r]:
+                continue
+            if m + num_boxes > capacity:
+                capacity = 2 * capacity + num_boxes
+                ray = np.concatenate((ray, np.empty(capacity - len(ray), dtype=np.int64)))
+                block = np.concatenate((block, np.empty(capacity - len(block), dtype=np.int32)))
+                near_far = np.concatenate((near_far, np.empty((capacity - len(near_far), 2), dtype=np.float32)))
+                background = np.concatenate((background, np.empty(capacity - len(background), dtype=np.bool_)))
+            k = 0
+            first = last = np.float32(np.inf)
+            for i in range(c):
+                b = candidates[i]
+                t0, t1 = near_t[i, r - g], far_t[i, r - g]
+                if t1 > t0 and not (t0 > zero and o[r, 2] + t0 * d[r, 2] < ground[b]):
+                    hits[k], t0s[k], t1s[k] = b, t0, t1
+                    first = t0 if k == 0 else min(first, t0)
+                    last = t0 if k == 0 else max(last, t0)
+                    k += 1
+            if k == 0:  # sky
+                if not keep_sky:
+                    dropped_sky += 1
+                    continue
+                if o[r, 0] != under_x or o[r, 1] != under_y:
+                    under_of, under_x, under_y = _under(o[r], inner_xy), o[r, 0], o[r, 1]
+                sky_block, sky_t = _sky_block(o[r], d[r], inner_xy, under_of)
+                ray[m], block[m], background[m] = r, sky_block, True
+                near_far[m, 0], near_far[m, 1] = sky_t, sky_t
+                m += 1
+                continue
+            seen = np.float32(np.inf)
+            if k >= 2:
+                seen = march(o[r], d[r], first, last - margin, distance, grid_origin, cell) + margin
+            for i in range(k):
+                if t0s[i] <= seen:
+                    ray[m], block[m], background[m] = r, hits[i], False
+                    near_far[m, 0], near_far[m, 1] = t0s[i], t1s[i]
+                    m += 1
+    return ray[:m].copy(), block[:m].copy(), near_far[:m].copy(), background[:m].copy(), n - valid.sum(), dropped_sky

@@ -1,9 +1,11 @@
-"""The partition driver: layout and voxels, then every batch of training images through an engine, then
-each block's store finalised from its parts.
+"""The partition driver: layout, voxels and empty block stores, then every batch of training images through
+an engine, each writing its rays into its own slot of every block's store, then each store finalised.
 
-Resumable: `partition_work/plan.json` fixes the layout for a fingerprint; a batch with a marker is done
-and is not redone; a block store marked complete is not rewritten. Memory is bounded by a batch (images
-per task) and a few chunks of rays per finalising block, never by the number of images or rays.
+A fresh plan creates every block's ray store, sized for one slot per batch, before `partition_work/plan.json`
+is written; a resume keeps them. A batch with a marker is done and is not redone. Finalising a block is
+metadata only: its segments (the batches' slots and ray counts, from the markers) and checksum, then
+complete; a complete store is not finalised again. The driver never holds rays; memory is bounded by a
+batch (images per task), never by the number of images or rays.
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ from bigscene.store.blocks import (
     BLOCKS_DIR,
     batch_marker_path,
     block_json_path,
+    create_ray_store,
+    finish_ray_store,
     plan_path,
     ray_store_info,
     rays_path,
     remove_tree,
+    slot_starts,
     voxels_path,
     work_path,
     write_voxels,
@@ -40,16 +45,7 @@ from bigscene.store.workspace import join, read_json, write_json_atomic
 from partitioning.assign import BlockBoxes
 from partitioning.layout import Block, grid_cells, kd_cells, make_blocks, merge_cell, order_cells
 from partitioning.mapplot import draw_partition_map
-from partitioning.tasks import (
-    FAULT_ENV,
-    BatchJob,
-    FinaliseJob,
-    ImageJob,
-    Plan,
-    finalise_block,
-    probe_batch,
-    write_batch,
-)
+from partitioning.tasks import FAULT_ENV, BatchJob, ImageJob, Plan, probe_batch, write_batch
 from partitioning.voxels import Lattice, surface_voxels, visibility_grid
 
 log = logging.getLogger(__name__)
@@ -80,8 +76,9 @@ def roi_points(scene: Scene, min_track_length: int, source: str) -> tuple[np.nda
     return roi, xyz
 
 
-def make_batches(scene: Scene, images_per_task: int, source: str) -> list[BatchJob]:
-    """Training images in scene order, `images_per_task` to a batch."""
+def make_batches(scene: Scene, images_per_task: int, chunk_rays: int, source: str) -> tuple[list[BatchJob], int]:
+    """Training images in scene order, `images_per_task` to a batch, each with its slot in the block stores;
+    and the stores' capacity (rows)."""
     train = scene.split_indices("train")
     if not len(train):
         raise InputError(source, "no training images (every image is in the test or val split)")
@@ -92,10 +89,9 @@ def make_batches(scene: Scene, images_per_task: int, source: str) -> list[BatchJ
             raise InputError(scene.images[index].name, f"images wider or taller than {_MAX_SIDE} px are not supported")
         path = str(Path(scene.image_root) / scene.images[index].name)
         jobs.append(ImageJob(int(index), path, camera, scene.c2w[index]))
-    return [
-        BatchJob(b, tuple(jobs[start : start + images_per_task]))
-        for b, start in enumerate(range(0, len(jobs), images_per_task))
-    ]
+    groups = [tuple(jobs[start : start + images_per_task]) for start in range(0, len(jobs), images_per_task)]
+    starts = slot_starts([sum(job.camera.width * job.camera.height for job in group) for group in groups], chunk_rays)
+    return [BatchJob(b, group, starts[b]) for b, group in enumerate(groups)], starts[-1]
 
 
 def _track(results: Iterator[T], total: int, description: str) -> Iterator[T]:
@@ -118,7 +114,7 @@ class Driver:
         self.fingerprint = fingerprint
         source = scene_path(workspace)
         self.roi, self.xyz = roi_points(scene, config.min_track_length, source)
-        self.batches = make_batches(scene, config.images_per_task, source)
+        self.batches, self.capacity = make_batches(scene, config.images_per_task, config.chunk_rays, source)
         self.lattice = Lattice(self.roi[0].copy(), config.voxel_size)
 
     def plan(self, blocks: list[Block]) -> Plan:
@@ -137,7 +133,6 @@ class Driver:
             sky=cfg.sky,
             background=self.scene.background,
             skip_bad_images=cfg.skip_bad_images,
-            chunk_rays=cfg.chunk_rays,
             probe_stride=cfg.probe_stride,
             seed=cfg.seed,
             fault=os.environ.get(FAULT_ENV, ""),
@@ -157,6 +152,8 @@ class Driver:
                 remove_tree(work_path(self.workspace))
                 blocks, plan, merged = self._layout(engine)
                 voxels = self._write_voxels(blocks)
+                for block in blocks:
+                    create_ray_store(rays_path(self.workspace, block.id), self.capacity, self.config.chunk_rays)
                 saved = {
                     "fingerprint": self.fingerprint,
                     "blocks": [b.to_json() for b in blocks],
@@ -165,7 +162,7 @@ class Driver:
                 }
                 write_json_atomic(plan_path(self.workspace), saved)
             markers = self._write_batches(engine, plan)
-            stores = self._finalise(engine, plan, markers)
+        stores = self._finalise(plan, markers)
         return self._records(blocks, saved, markers, stores)
 
     def _cells(self) -> list[np.ndarray]:
@@ -229,21 +226,17 @@ class Driver:
             markers[pending[i].index] = marker
         return [markers[b.index] for b in self.batches]
 
-    def _finalise(self, engine: Engine, plan: Plan, markers: list[dict]) -> dict[str, dict]:
-        jobs = [
-            FinaliseJob(block_id, tuple((m["part"], m["rays"][block_id]) for m in markers if block_id in m["rays"]))
-            for block_id in plan.block_ids
-        ]
+    def _finalise(self, plan: Plan, markers: list[dict]) -> dict[str, dict]:
+        """Each block's `{count, checksum}`, marking its store complete (segments from the markers) if not yet."""
         stores: dict[str, dict] = {}
-        todo = []
-        for job in jobs:
-            info = ray_store_info(rays_path(self.workspace, job.block_id))
-            if info is not None and info["count"] == job.count:
-                stores[job.block_id] = info
-            else:
-                todo.append(job)
-        for i, result in _track(engine.map(finalise_block, todo, plan), len(todo), "finalising"):
-            stores[todo[i].block_id] = result
+        for block_id in plan.block_ids:
+            path = rays_path(self.workspace, block_id)
+            info = ray_store_info(path)
+            if info is None:
+                done = [m for m in markers if block_id in m["rays"]]
+                segments = [(m["slot"], m["rays"][block_id]) for m in done]
+                info = finish_ray_store(path, segments, [m["checksums"][block_id] for m in done])
+            stores[block_id] = info
         return stores
 
     def _records(

@@ -1,9 +1,11 @@
-"""The task functions every engine runs: probe a batch, write a batch, finalise a block.
+"""The task functions every engine runs: probe a batch, write a batch.
 
 Each takes one job and the shared `Plan`, touches only its own files, and returns a small JSON-able
-record, so Ray can retry it and the inline engine can call it in-process. `write_batch` writes its
-rays to a part store named for this attempt and records the batch as done (a marker naming that
-part) only once the part is complete: a killed or retried attempt leaves at most an unreferenced part.
+record, so Ray can retry it and the inline engine can call it in-process. `write_batch` writes each
+block's rays straight into the batch's own slot of that block's store (whole chunks no other batch
+touches) and records the batch as done, with each block's ray count and checksum, in a marker written
+last. A killed attempt leaves at most chunks in its own slot, unread; the retry shuffles the same
+rays the same way and rewrites them. A task holds one batch of rays.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import logging
 import os
 import posixpath
 import time
-import uuid
 from dataclasses import dataclass
 
 import fsspec
@@ -22,15 +23,7 @@ import torch
 from bigscene.errors import InputError
 from bigscene.scene.cameras import Camera, generate_rays
 from bigscene.scene.images import load_image
-from bigscene.store.blocks import (
-    Rays,
-    RayStoreWriter,
-    batch_marker_path,
-    iter_part,
-    part_path,
-    rays_path,
-    write_part,
-)
+from bigscene.store.blocks import Rays, batch_marker_path, rays_path, write_slot
 from bigscene.store.workspace import join, write_json_atomic
 from partitioning.assign import Assignment, BlockBoxes, assign, tile_order
 from partitioning.voxels import VisibilityGrid
@@ -38,7 +31,7 @@ from partitioning.voxels import VisibilityGrid
 log = logging.getLogger(__name__)
 
 #: Environment variable for recovery tests: "<batch>:<raise|exit|hang>" makes that batch's first attempt
-#: fail after writing its part and before recording it as done; FAULT_DIR in the workspace keeps a flag
+#: fail after writing its rays and before recording it as done; FAULT_DIR in the workspace keeps a flag
 #: per injected fault, so the retry runs clean and a test can see that the fault fired.
 FAULT_ENV = "BIGSCENE_PARTITION_FAULT"
 FAULT_DIR = "partition_faults"
@@ -56,22 +49,12 @@ class ImageJob:
 
 @dataclass(frozen=True)
 class BatchJob:
-    """The images one task handles; `index` orders batches in every block's store."""
+    """The images one task handles; `index` orders batches in every block's store, `slot` is the first row
+    of the batch's slot in each (see `bigscene.store.blocks.slot_starts`)."""
 
     index: int
     images: tuple[ImageJob, ...]
-
-
-@dataclass(frozen=True)
-class FinaliseJob:
-    """One block's parts, in batch order: (part store path, ray count) pairs."""
-
-    block_id: str
-    parts: tuple[tuple[str, int], ...]
-
-    @property
-    def count(self) -> int:
-        return sum(count for _, count in self.parts)
+    slot: int
 
 
 @dataclass(frozen=True)
@@ -86,7 +69,6 @@ class Plan:
     sky: str
     background: tuple[float, float, float] | None  # RGBA images are composited on this colour
     skip_bad_images: bool
-    chunk_rays: int
     probe_stride: int
     seed: int
     fault: str = ""  # FAULT_ENV as read by the driver
@@ -187,22 +169,21 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
     for b, block_id in enumerate(plan.block_ids):
         if gathered[b]:
             rays = Rays.concat(gathered[b])
+            gathered[b] = []
             shuffle = np.random.default_rng([plan.seed, batch.index, b]).permutation(len(rays))
             parts[block_id] = rays.take(shuffle)
-    attempt = uuid.uuid4().hex[:12]
-    path = part_path(plan.workspace, batch.index, attempt)
-    write_part(path, parts)
+    written = write_slot(batch.slot, [(rays_path(plan.workspace, block_id), rays) for block_id, rays in parts.items()])
     _inject_fault(plan, batch.index)
     marker = {
         "batch": batch.index,
-        "attempt": attempt,
-        "part": path,
+        "slot": batch.slot,
         "images": [job.index for job in batch.images],
         "pixels": pixels_total,
         "assigned_pixels": assigned_pixels,
         "dropped": dropped,
         "skipped_images": skipped,
-        "rays": {block_id: len(parts[block_id]) for block_id in parts},
+        "rays": {block_id: len(rays) for block_id, rays in parts.items()},
+        "checksums": dict(zip(parts, written, strict=True)),
         "background": {plan.block_ids[b]: int(n) for b, n in enumerate(background) if n},
         "block_images": {plan.block_ids[b]: ims for b, ims in enumerate(block_images) if ims},
     }
@@ -228,12 +209,3 @@ def _inject_fault(plan: Plan, batch: int) -> None:
     if kind == "hang":
         time.sleep(3600)
     raise RuntimeError(f"injected fault in batch {batch} ({FAULT_ENV})")
-
-
-def finalise_block(job: FinaliseJob, plan: Plan) -> dict:
-    """Concatenate a block's parts, in batch order, into its `rays.zarr`, a few chunks of rays at a time."""
-    writer = RayStoreWriter(rays_path(plan.workspace, job.block_id), job.count, plan.chunk_rays)
-    for path, _ in job.parts:
-        for rays in iter_part(path, job.block_id):
-            writer.append(rays)
-    return {"block": job.block_id, "count": job.count, "checksum": writer.close()}

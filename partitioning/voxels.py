@@ -3,21 +3,25 @@
 A block's voxels are the cells (of one global lattice anchored at the ROI's min corner) that hold an SfM
 point with a long enough track, dilated by one voxel: a sparse seed of where the surface is, stored as
 voxel coordinates (as NeuralRecon-W builds its octree from SfM points). The visibility grid is the union
-of those voxels over all blocks as a dense occupancy array, coarsened when the ROI would need more cells
-than `max_cells`, so a ray's first occupied cell costs a gather per sample.
+of those voxels over all blocks as a dense grid, coarsened when the ROI would need more cells than
+`max_cells`; it stores each cell's distance to the nearest occupied cell, so that a ray's march to its
+first occupied cell jumps across empty air and steps cell by cell only near the surface.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
-from scipy.ndimage import binary_dilation
+from scipy.ndimage import binary_dilation, distance_transform_cdt
 
 #: (27, 3) offsets of a voxel's 3x3x3 neighbourhood: the one-voxel dilation.
 _NEIGHBOURHOOD = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
-#: Samples each visibility step tests per ray at once.
-_SAMPLES_PER_STEP = 32
+#: Largest stored distance (cells): the uint8 cap.
+_FAR = 255
+#: How far past a cell boundary (in cells) a traversal step lands, so that the next cell is the one entered.
+_NUDGE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -50,47 +54,113 @@ def surface_voxels(xyz: np.ndarray, box: np.ndarray, lattice: Lattice) -> np.nda
 
 @dataclass(frozen=True)
 class VisibilityGrid:
-    """Dense occupancy over the union of the blocks' outer boxes.
+    """Dense occupancy over the union of the blocks' outer boxes, as a distance field for empty-space skipping.
 
-    occupied: (X, Y, Z) bool; origin: (3,) float32 min corner of cell (0, 0, 0); cell: edge length.
+    distance: (X, Y, Z) uint8 chessboard distance in cells from each cell to the nearest occupied one (0 where
+    occupied, capped at 255); origin: (3,) float32 min corner of cell (0, 0, 0); cell: edge length.
     """
 
-    occupied: np.ndarray
+    distance: np.ndarray
     origin: np.ndarray
     cell: float
 
-    def first_hit(self, origins: np.ndarray, dirs: np.ndarray, t_start: np.ndarray, t_stop: np.ndarray) -> np.ndarray:
-        """A lower bound on where each ray first enters an occupied cell in (t_start, t_stop], else inf.
+    @property
+    def occupied(self) -> np.ndarray:
+        """(X, Y, Z) bool occupancy."""
+        return self.distance == 0
 
-        origins, dirs: (N, 3) float32; t_start, t_stop: (N,). Samples every half cell: a surface point's
-        dilated voxels hold a ray crossing it for at least a cell, so no sample steps over them; the
-        returned t is the sample before the first occupied one, so it never lies behind the entry.
+    def first_hit(self, origins: np.ndarray, dirs: np.ndarray, t_start: np.ndarray, t_stop: np.ndarray) -> np.ndarray:
+        """(N,) float32: where each ray first enters an occupied cell in [t_start, t_stop], else inf.
+
+        origins, dirs: (N, 3) float32 (unit dirs); t_start, t_stop: (N,). An exact cell traversal that jumps
+        across empty space by the distance field; the result is a lower bound on the entry (by 1e-4 cells).
         """
-        step = np.float32(0.5)  # in cells
-        nx, ny, nz = self.occupied.shape
-        flat = self.occupied.reshape(-1)
-        offsets = np.arange(1, _SAMPLES_PER_STEP + 1, dtype=np.float32) * step  # (K,)
-        scale = np.float32(1.0 / self.cell)
-        start = (origins - self.origin) * scale  # (N, 3) in cells; unit dirs move one cell per cell of t
-        hit_t = np.full(len(origins), np.inf, dtype=np.float32)
-        base = np.asarray(t_start, dtype=np.float32) * scale  # distances in cells from here on
-        stop = np.asarray(t_stop, dtype=np.float32) * scale
-        active = np.flatnonzero(stop > base)
-        while active.size:
-            ts = base[active, None] + offsets[None]  # (A, K) sample distances
-            index = np.zeros(ts.shape, dtype=np.int64)
-            inside = ts - step <= stop[active, None]
-            for axis, size, stride in ((0, nx, ny * nz), (1, ny, nz), (2, nz, 1)):
-                coord = start[active, axis, None] + ts * dirs[active, axis, None]  # (A, K)
-                inside &= (coord >= 0) & (coord < size)
-                index += coord.astype(np.int64) * stride  # truncation is floor where inside
-            occupied = flat[np.where(inside, index, 0)] & inside
-            hit = occupied.any(axis=1)
-            first = occupied.argmax(axis=1)
-            hit_t[active[hit]] = (ts[hit, first[hit]] - step) / scale
-            base[active] += _SAMPLES_PER_STEP * step
-            active = active[~hit & (base[active] <= stop[active])]
-        return hit_t
+        return _march_rays(
+            np.ascontiguousarray(origins, dtype=np.float32),
+            np.ascontiguousarray(dirs, dtype=np.float32),
+            np.ascontiguousarray(t_start, dtype=np.float32).reshape(-1),
+            np.ascontiguousarray(t_stop, dtype=np.float32).reshape(-1),
+            self.distance,
+            self.origin,
+            np.float32(self.cell),
+        )
+
+
+@numba.njit(cache=True, nogil=True)
+def _axis_step(p: float, inv: float, t: float, cell_index: int) -> float:
+    """Distance along the ray from t to the boundary of cell `cell_index` ahead of it on one axis
+    (inv: the inverse direction component, 0 where the component is 0)."""
+    if inv > 0.0:
+        return (cell_index + 1 - p) * inv - t
+    if inv < 0.0:
+        return (cell_index - p) * inv - t
+    return np.inf
+
+
+@numba.njit(cache=True, nogil=True)
+def _clip(p: float, d: float, size: int, lo_t: float, hi_t: float) -> tuple[float, float]:
+    """[lo_t, hi_t] clipped to where the ray p + t d lies in [0, size) on one axis (empty: lo_t > hi_t)."""
+    if d == 0.0:
+        return (lo_t, hi_t) if 0.0 <= p < size else (1.0, 0.0)
+    ta, tb = -p / d, (size - p) / d
+    return max(lo_t, min(ta, tb)), min(hi_t, max(ta, tb))
+
+
+@numba.njit(cache=True, nogil=True)
+def march(
+    origin: np.ndarray,
+    direction: np.ndarray,
+    t_start: float,
+    t_stop: float,
+    distance: np.ndarray,
+    grid_origin: np.ndarray,
+    cell: float,
+) -> np.float32:
+    """One ray's first occupied cell entry in [t_start, t_stop] (float32, inf if none); see `first_hit`.
+
+    Works in cell units: in a cell at chessboard distance k >= 2 from the surface, every point within k - 1
+    cells (in any norm) is empty, so the ray jumps k - 1; otherwise it steps to the next cell boundary.
+    """
+    inf = np.float32(np.inf)
+    if not t_stop >= t_start:
+        return inf
+    nx, ny, nz = distance.shape
+    px, py, pz = [(origin[a] - grid_origin[a]) / cell for a in range(3)]
+    dx, dy, dz = np.float64(direction[0]), np.float64(direction[1]), np.float64(direction[2])
+    lo_t, hi_t = _clip(px, dx, nx, t_start / cell, t_stop / cell)
+    lo_t, hi_t = _clip(py, dy, ny, lo_t, hi_t)
+    lo_t, hi_t = _clip(pz, dz, nz, lo_t, hi_t)
+    ix, iy, iz = [1.0 / v if v != 0.0 else 0.0 for v in (dx, dy, dz)]
+    t = lo_t
+    while t <= hi_t:  # coordinates are >= 0 up to rounding here, so truncation is floor after the clamp
+        i = min(max(int(px + t * dx), 0), nx - 1)
+        j = min(max(int(py + t * dy), 0), ny - 1)
+        k = min(max(int(pz + t * dz), 0), nz - 1)
+        far = distance[i, j, k]
+        if far == 0:
+            return np.float32(max(t - _NUDGE, lo_t) * cell)
+        if far >= 2:
+            t += far - 1
+        else:
+            step = min(_axis_step(px, ix, t, i), _axis_step(py, iy, t, j), _axis_step(pz, iz, t, k))
+            t += max(step, 0.0) + _NUDGE
+    return inf
+
+
+@numba.njit(cache=True, nogil=True)
+def _march_rays(
+    origins: np.ndarray,
+    dirs: np.ndarray,
+    t_start: np.ndarray,
+    t_stop: np.ndarray,
+    distance: np.ndarray,
+    grid_origin: np.ndarray,
+    cell: np.float32,
+) -> np.ndarray:
+    out = np.empty(len(origins), dtype=np.float32)
+    for r in range(len(origins)):
+        out[r] = march(origins[r], dirs[r], t_start[r], t_stop[r], distance, grid_origin, cell)
+    return out
 
 
 def visibility_grid(xyz: np.ndarray, outer: np.ndarray, lattice: Lattice, max_cells: int) -> VisibilityGrid:
@@ -113,4 +183,8 @@ def visibility_grid(xyz: np.ndarray, outer: np.ndarray, lattice: Lattice, max_ce
     occupied = np.zeros(tuple(shape), dtype=bool)
     occupied[tuple(np.clip(ijk, 0, shape - 1).T)] = True
     occupied = binary_dilation(occupied, structure=np.ones((3, 3, 3), dtype=bool))
-    return VisibilityGrid(occupied, origin.astype(np.float32), float(cell))
+    if occupied.any():
+        distance = distance_transform_cdt(~occupied, metric="chessboard")
+    else:
+        distance = np.full(occupied.shape, _FAR)
+    return VisibilityGrid(np.minimum(distance, _FAR).astype(np.uint8), origin.astype(np.float32), float(cell))

@@ -36,6 +36,7 @@ from bigscene.merge import (
 )
 from bigscene.merge import mesh as mesh_module
 from bigscene.merge.blocks import CACHE, LazyBlock
+from bigscene.merge.evaluate import crop_faces
 from bigscene.merge.mesh import check_budget, chunk_surface, fingerprint, probe_seeds
 from bigscene.merge.weights import falloff
 from bigscene.synth import CitySDF, generate_layout, make_config
@@ -262,6 +263,18 @@ def test_chamfer_and_fscore_of_a_mesh_against_itself_and_a_shifted_copy() -> Non
     assert far["chamfer"] == pytest.approx(d, abs=1e-9) and far["fscore"] == 0.0
     near = geometry_metrics([(shifted, faces)], [(vertices, faces)], threshold=0.3, max_distance=0.5, spacing=0.1)
     assert near["fscore"] == 1.0
+
+
+
+def test_cropping_both_meshes_to_a_box_scores_that_region_alone() -> None:
+    vertices, faces = plane()
+    half = np.array([[0.0, 0.0, -1.0], [5.0, 10.0, 1.0]])
+    [(_, kept)] = crop_faces([(vertices, faces)], half)
+    assert len(kept) == len(faces) // 2 and (vertices[kept].mean(axis=1)[:, 0] < 5.0).all()
+    whole = geometry_metrics([(vertices, kept)], [(vertices, faces)], threshold=0.05, max_distance=0.5, spacing=0.1)
+    region = geometry_metrics(crop_faces([(vertices, kept)], half), crop_faces([(vertices, faces)], half),
+                              threshold=0.05, max_distance=0.5, spacing=0.1)
+    assert whole["recall"] < 0.6 and region["fscore"] == 1.0
 
 
 # lazy blocks

@@ -18,7 +18,7 @@ from bigscene.config import Config, ModelConfig, SamplerConfig, load_config
 from bigscene.errors import ConfigError, InputError, WorkspaceError
 from bigscene.merge import AnalyticBlock, BlockBox, CompositeField, RenderSettings, render_view, report_table
 from bigscene.merge.evaluate import gt_transform
-from bigscene.merge.stage import load_inputs, model_path, run_eval, run_merge, run_mesh, run_render
+from bigscene.merge.stage import block_geometry, load_inputs, model_path, run_eval, run_merge, run_mesh, run_render
 from bigscene.merge.views import look_at
 from bigscene.scene import Camera, ImageRecord, Scene
 from bigscene.scene.geometry import make_similarity
@@ -246,6 +246,23 @@ def test_ground_truth_in_the_input_frame_is_evaluated_through_the_normalisation(
     geometry = run_eval(ws, cfg, loader=town_block)["geometry"]
     assert geometry["ground_truth_frame"] == "input" and geometry["fscore"] > 0.9
     assert geometry["chamfer_input_units"] == pytest.approx(geometry["chamfer"] * 2.0)
+
+
+def test_block_geometry_scores_one_block_merged_alone_on_its_own_region(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path)
+    write_ground_truth(ws)
+
+    def only_b000(workspace: str, box: BlockBox) -> AnalyticBlock | None:
+        return town_block(workspace, box) if box.id == "b000" else None
+
+    cfg = config("merge.allow_missing=true", "merge.eval_views=0", "merge.voxel_size=1.0")
+    run_mesh(ws, cfg, loader=only_b000)
+    whole = run_eval(ws, cfg, loader=only_b000)["geometry"]
+    block = block_geometry(ws, cfg, "b000", loader=only_b000)
+    assert block["region"] == boxes()[0].inner.tolist() and block["fscore"] > 0.9
+    assert whole["region"] is None and whole["recall"] < 0.7  # b001's surface is missing from the whole scene
+    with pytest.raises(WorkspaceError, match="no block 'b009'"):
+        block_geometry(ws, cfg, "b009", loader=only_b000)
 
 
 def test_exported_blocks_load_lazily_and_merge(tmp_path: Path) -> None:

@@ -9,13 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import zarr
 from torch.utils.data import DataLoader
 
 from bigscene.config import load_config
 from bigscene.errors import ConfigError, InputError, WorkspaceError
 from bigscene.fields import BackgroundField
 from bigscene.render import Rays as RenderRays
-from bigscene.store.blocks import Rays, RayStoreWriter
+from bigscene.store.blocks import (
+    RAY_COLUMNS,
+    Rays,
+    RayStoreWriter,
+    create_ray_store,
+    finish_ray_store,
+    open_ray_store,
+    read_rays,
+    slot_starts,
+    write_slot,
+)
 from bigscene.train.data import RayStream, ShuffleBuffer
 from bigscene.train.export import load_block, read_checkpoint
 from bigscene.train.loggers import check_tracker
@@ -24,25 +35,55 @@ from bigscene.train.metrics import masked_ssim, psnr, ssim_map
 from bigscene.train.optim import MIN_RAYS, BatchSizer, RayBudget, cos_anneal_ratio, lr_factor
 
 COUNT, CHUNK = 5000, 512
+#: Rays per batch slot of the segmented store (one empty); slots hold 3 chunks each.
+SEGMENTS = (700, 0, 1300, 2 * CHUNK + 5)
+
+
+def index_rays(count: int, seed: int = 0) -> Rays:
+    """Rays whose origins encode their index (x = index)."""
+    rng = np.random.default_rng(seed)
+    index = np.arange(count)
+    return Rays(
+        origins=np.stack([index, index * 2, -index], axis=1).astype(np.float32),
+        dirs=np.tile([0.0, 0.0, -1.0], (count, 1)),
+        rgb=rng.integers(0, 256, (count, 3)),
+        near_far=np.tile([1.0, 2.0], (count, 1)),
+        image_id=index % 7,
+        pixel=np.zeros((count, 2)),
+    )
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Rays]:
-    """A real block ray store whose origins encode each ray's index (x = index)."""
-    rng = np.random.default_rng(0)
-    index = np.arange(COUNT)
-    rays = Rays(
-        origins=np.stack([index, index * 2, -index], axis=1).astype(np.float32),
-        dirs=np.tile([0.0, 0.0, -1.0], (COUNT, 1)),
-        rgb=rng.integers(0, 256, (COUNT, 3)),
-        near_far=np.tile([1.0, 2.0], (COUNT, 1)),
-        image_id=index % 7,
-        pixel=np.zeros((COUNT, 2)),
-    )
+    """A real one-segment block ray store whose origins encode each ray's index."""
+    rays = index_rays(COUNT)
     path = str(tmp_path_factory.mktemp("store") / "rays.zarr")
     writer = RayStoreWriter(path, COUNT, CHUNK)
     writer.append(rays)
     writer.close()
+    return path, rays
+
+
+@pytest.fixture(scope="module")
+def segmented(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Rays]:
+    """A store as partitioning writes it: a slot of whole chunks per batch, each filled from its start with
+    SEGMENTS[b] rays and garbage after them; its logical rays are the returned ones (x = logical index)."""
+    rays = index_rays(sum(SEGMENTS), seed=1)
+    starts = slot_starts([2 * CHUNK + 100] * len(SEGMENTS), CHUNK)
+    path = str(tmp_path_factory.mktemp("segmented") / "rays.zarr")
+    create_ray_store(path, starts[-1], CHUNK)
+    segments, checksums, logical = [], [], 0
+    garbage = index_rays(starts[1], seed=2)
+    garbage.origins += 10**6
+    columns = zarr.open_group(path, mode="r+")
+    for start, stop, n in zip(starts, starts[1:], SEGMENTS, strict=False):
+        if n:
+            checksums += write_slot(start, [(path, rays.take(slice(logical, logical + n)))])
+            segments.append((start, n))
+            logical += n
+        for name in RAY_COLUMNS:
+            columns[name][start + n : stop] = getattr(garbage, name)[n : stop - start]  # as a killed attempt may leave
+    finish_ray_store(path, segments, checksums)
     return path, rays
 
 
@@ -91,6 +132,48 @@ def test_stream_follows_the_shared_batch_size_and_shards_over_ranks(store: tuple
         seen.append({int(c) for _ in range(20) for c in next(it)["ray_id"].numpy() // CHUNK})
     assert not seen[0] & seen[1]  # DDP ranks read disjoint chunks
     assert seen[0] | seen[1] == set(range(math.ceil(COUNT / CHUNK)))
+
+
+def test_segmented_store_reads_logical_rays(segmented: tuple[str, Rays]) -> None:
+    path, rays = segmented
+    store = open_ray_store(path)
+    slot = 3 * CHUNK
+    assert store.count == len(rays) and store.segments == ((0, 700), (2 * slot, 1300), (3 * slot, 2 * CHUNK + 5))
+    whole = read_rays(path)
+    for name in RAY_COLUMNS:
+        np.testing.assert_array_equal(getattr(whole, name), getattr(rays, name))
+    np.testing.assert_array_equal(read_rays(path, 650, 2100).origins, rays.origins[650:2100])  # across segments
+    np.testing.assert_array_equal(read_rays(path, -5).origins, rays.origins[-5:])
+    assert len(read_rays(path, 2000, 10**6)) == len(rays) - 2000 and len(read_rays(path, 5, 5)) == 0
+    pieces = store.pieces()  # (start row, stop row, logical start)
+    assert np.all(pieces[:, 0] // CHUNK == (pieces[:, 1] - 1) // CHUNK)  # each piece in one chunk
+    logical = np.concatenate([np.arange(first, first + stop - start) for start, stop, first in pieces])
+    np.testing.assert_array_equal(logical, np.arange(store.count))  # every ray once, in logical order
+    origins = store.columns(["origins"])["origins"]
+    for start, stop, first in pieces:
+        np.testing.assert_array_equal(origins[start:stop], rays.origins[first : first + stop - start])
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_stream_of_a_segmented_store_yields_logical_ray_ids_once_a_pass(
+    segmented: tuple[str, Rays], num_workers: int
+) -> None:
+    path, rays = segmented
+    count = len(rays)
+    capacity = 512 + CHUNK  # the stream's buffer: buffer_rays plus a chunk
+    stream = RayStream(path, RayBudget(100), max_rays=100, buffer_rays=512, seed=1)
+    batches = first_pass(stream, num_workers, -(-(4 * count + capacity) // 100))  # four passes and a buffer
+    for batch in batches:
+        row = batch["ray_id"].numpy()
+        np.testing.assert_array_equal(batch["origins"].numpy(), rays.origins[row])  # ray_id is the logical index
+        np.testing.assert_array_equal(batch["rgb"].numpy(), rays.rgb[row])
+    ids = torch.cat([b["ray_id"] for b in batches]).numpy()
+    seen = np.bincount(ids, minlength=count)
+    assert len(seen) == count and seen.min() >= 2 and seen.max() <= 8  # no garbage row, none left out
+    if num_workers == 0:  # one reader: nothing repeats within its first pass, then each ray once a pass
+        first = ids[: count - capacity]
+        assert len(np.unique(first)) == len(first)
+        assert seen.min() >= 3 and seen.max() <= 5  # 4 or 5 passes read, at most one not yet drawn
 
 
 def test_shuffle_buffer_pops_what_was_added() -> None:

@@ -136,6 +136,14 @@ def split_faces(vertices: np.ndarray, faces: np.ndarray, size: int = 1 << 20) ->
         yield vertices, faces[s : s + size]
 
 
+def crop_faces(pieces: Iterable[MeshPiece], box: np.ndarray) -> Iterator[MeshPiece]:
+    """The faces of mesh pieces whose centroid lies in box (2, 3): to score one region (a block trained alone)
+    against the ground truth of that region only."""
+    for vertices, faces in pieces:
+        centroids = vertices[faces].mean(axis=1)  # (F, 3)
+        yield vertices, faces[np.all((centroids >= box[0]) & (centroids <= box[1]), axis=1)]
+
+
 @dataclass
 class _Sums:
     count: int = 0

@@ -29,6 +29,7 @@ from bigscene.errors import InputError, WorkspaceError
 from bigscene.merge.blocks import BlockBox, BlockField, LazyBlock, ModuleBlock
 from bigscene.merge.composite import CompositeField
 from bigscene.merge.evaluate import (
+    crop_faces,
     geometry_metrics,
     gt_transform,
     seam_band_labeller,
@@ -364,8 +365,11 @@ def ground_truth_path(workspace: str, config: Config) -> str | None:
     return None
 
 
-def _geometry(workspace: str, config: Config, inputs: MergeInputs, path: str | None) -> dict[str, Any] | None:
-    """Geometry of the stored mesh against the ground-truth mesh at `path` (mapped into the scene frame)."""
+def _geometry(
+    workspace: str, config: Config, inputs: MergeInputs, path: str | None, region: np.ndarray | None = None
+) -> dict[str, Any] | None:
+    """Geometry of the stored mesh against the ground-truth mesh at `path` (mapped into the scene frame); with
+    `region` (2, 3), of both meshes' faces inside that box only."""
     if path is None:
         log.info("no ground-truth mesh (WS/gt/mesh.ply or merge.gt_mesh): geometry is not evaluated")
         return None
@@ -382,9 +386,13 @@ def _geometry(workspace: str, config: Config, inputs: MergeInputs, path: str | N
     threshold = cfg.eval_threshold or 2 * cfg.voxel_size
     max_distance = cfg.eval_max_distance or 10 * threshold
     spacing = cfg.eval_spacing or threshold / 5
+    pred = mesh_pieces(workspace, grid)
+    truth = split_faces(apply_similarity(transform, gt.vertices), np.asarray(gt.faces))
+    if region is not None:
+        pred, truth = crop_faces(pred, region), crop_faces(truth, region)
     metrics = geometry_metrics(
-        mesh_pieces(workspace, grid),
-        split_faces(apply_similarity(transform, gt.vertices), np.asarray(gt.faces)),
+        pred,
+        truth,
         threshold,
         max_distance,
         spacing,
@@ -397,6 +405,7 @@ def _geometry(workspace: str, config: Config, inputs: MergeInputs, path: str | N
         "accuracy_by_band": {"block interiors": by_label.get(0), "seam bands": by_label.get(1)},
         "ground_truth": path,
         "ground_truth_frame": frame,
+        "region": None if region is None else np.asarray(region).tolist(),
         "input_units_per_scene_unit": to_input,
         "chamfer_input_units": metrics["chamfer"] * to_input,
         "threshold_input_units": threshold * to_input,
@@ -435,3 +444,17 @@ def run_eval(
     }
     _record(workspace, "eval", summary, config)
     return summary
+
+
+def block_geometry(
+    workspace: str, config: Config, block_id: str, loader: BlockLoader | None = None
+) -> dict[str, Any] | None:
+    """Geometry of the stored mesh against the ground truth inside block `block_id`'s inner box (None without a
+    ground-truth mesh): how well a block trained alone (merge.allow_missing) reconstructs the region it owns,
+    which the whole-scene figures of `run_eval` would mix with the untrained blocks' missing surface."""
+    workspace = str(workspace)
+    boxes = {box.id: box for box in partition_boxes(workspace)}
+    if block_id not in boxes:
+        raise WorkspaceError(f"{workspace}: no block {block_id!r} in the partition (blocks: {', '.join(boxes)})")
+    inputs = load_inputs(workspace, config, loader)
+    return _geometry(workspace, config, inputs, ground_truth_path(workspace, config), boxes[block_id].inner)

@@ -1,42 +1,47 @@
 """The Zarr layout of a partitioned workspace: per-block ray stores, surface voxels and block records.
 
-Layout (schema version 1):
+Layout (schema version 2):
     blocks/<id>/block.json       id, inner/outer boxes, centroid, images, ray count, checksum
-    blocks/<id>/rays.zarr/       one array per ray column, chunked along rays (RAY_COLUMNS):
-        origins (N, 3) float32, dirs (N, 3) float32 unit, rgb (N, 3) uint8, near_far (N, 2) float32,
-        image_id (N,) int32 (global scene image index), pixel (N, 2) uint16 (x, y)
-        attrs: schema_version, count, checksum, complete (written last)
+    blocks/<id>/rays.zarr/       one array per ray column (RAY_COLUMNS), (capacity, ...) chunked along rays:
+        origins float32, dirs float32 unit, rgb uint8, near_far float32, image_id int32 (global scene image
+        index), pixel uint16 (x, y)
+        attrs: schema_version, count, segments [[start, count], ...], checksum, complete (written last)
+        The rows are cut into one slot per partition batch (`slot_starts`): a batch owns whole chunks, as
+        many as its pixels fill (a batch gives a block at most one ray per pixel), so concurrent tasks never
+        write the same chunk and Zarr stores only the chunks written. A batch writes its rays, shuffled, from
+        its slot's start; `segments` lists the non-empty ones in batch order, and a store's rays are the
+        segments' rows in that order: logical index i in [0, count) is what readers see (`RayStore`). Rows
+        past a segment's count (fill, or what a killed attempt left) are never read.
         A background ray (crossing no block's box: sky) has near == far: an empty foreground segment.
-        Rays are shuffled within each partition task's batch of images and batches follow in order, so
-        any chunk mixes pixels of several images: training can read random chunks.
     blocks/<id>/voxels.zarr/     coords (V, 3) int32 voxel indices on the global lattice
         attrs: origin (3,), voxel_size, dilation, min_track_length, complete
     partition_work/              scratch of an unfinished partition run, removed when it completes:
-        plan.json, batches/<batch>.json (one per finished task), parts/<batch>-<attempt>.zarr (the task's
-        rays as packed RAY_RECORDs, records (M, 40) uint8, every block's from a chunk boundary;
-        attrs: ranges {block id: [start, stop]})
+        plan.json, batches/<batch>.json (one per finished task: its slot, and per block its ray count and
+        checksum; written after its rays)
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import fsspec
 import numpy as np
 import zarr
+import zarr.api.asynchronous
 from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.core.sync import sync
 
+from bigscene.errors import InputError
 from bigscene.store.workspace import join
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BLOCKS_DIR = "blocks"
 WORK_DIR = "partition_work"
-#: Rays per chunk of a task's part store (scratch; each block's rays start on a chunk boundary).
-PART_CHUNK = 16384
-#: Chunks read per call when streaming parts: fewer, larger reads (each call has a fixed cost).
-READ_CHUNKS = 16
+#: Stores `write_slot` writes at once: enough to hide Zarr's per-call latency, few to bound its chunk buffers.
+STORES_IN_FLIGHT = 4
 
 #: Ray columns: name -> (trailing shape, dtype).
 RAY_COLUMNS: dict[str, tuple[tuple[int, ...], np.dtype]] = {
@@ -47,10 +52,6 @@ RAY_COLUMNS: dict[str, tuple[tuple[int, ...], np.dtype]] = {
     "image_id": ((), np.dtype(np.int32)),
     "pixel": ((2,), np.dtype(np.uint16)),
 }
-
-
-#: One ray as a packed record: how a task's part store holds rays (one array, one read per slice).
-RAY_RECORD = np.dtype([(name, dtype, shape) for name, (shape, dtype) in RAY_COLUMNS.items()])
 
 
 @dataclass
@@ -73,18 +74,6 @@ class Rays:
 
     def take(self, index: np.ndarray | slice) -> Rays:
         return Rays(**{name: getattr(self, name)[index] for name in RAY_COLUMNS})
-
-    def pack(self) -> np.ndarray:
-        """(N, RAY_RECORD.itemsize) uint8 records."""
-        records = np.empty(len(self), RAY_RECORD)
-        for name in RAY_COLUMNS:
-            records[name] = getattr(self, name)
-        return records.view(np.uint8).reshape(len(self), RAY_RECORD.itemsize)
-
-    @classmethod
-    def unpack(cls, packed: np.ndarray) -> Rays:
-        records = np.ascontiguousarray(packed).reshape(-1).view(RAY_RECORD)
-        return cls(**{name: records[name] for name in RAY_COLUMNS})
 
     @classmethod
     def empty(cls) -> Rays:
@@ -142,11 +131,6 @@ def batch_marker_path(workspace: str, batch: int) -> str:
     return work_path(workspace, "batches", f"{batch:06d}.json")
 
 
-def part_path(workspace: str, batch: int, attempt: str) -> str:
-    """A task attempt's own store: concurrent or retried attempts never write the same files."""
-    return work_path(workspace, "parts", f"{batch:06d}-{attempt}.zarr")
-
-
 def remove_tree(path: str) -> None:
     """Delete a directory (local or fsspec URL) if it exists."""
     fs, p = fsspec.core.url_to_fs(path)
@@ -159,56 +143,93 @@ def _compressor(dtype: np.dtype) -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=1, shuffle=BloscShuffle.shuffle, typesize=dtype.itemsize)
 
 
-def _create_columns(group: zarr.Group, count: int, chunk: int) -> dict[str, zarr.Array]:
-    return {
-        name: group.create_array(
+def slot_starts(pixels: Sequence[int], chunk: int) -> list[int]:
+    """First row of each batch's slot in every block's store, then the stores' capacity: batch b (of
+    `pixels[b]` pixels) owns rows [starts[b], starts[b + 1]), its pixel count rounded up to whole chunks."""
+    starts = [0]
+    for n in pixels:
+        starts.append(starts[-1] + -(-int(n) // chunk) * chunk)
+    return starts
+
+
+def create_ray_store(path: str, capacity: int, chunk: int) -> None:
+    """An empty, unfinished ray store of `capacity` rows: metadata only until slots are written."""
+    root = zarr.open_group(path, mode="w", attributes={"schema_version": SCHEMA_VERSION, "complete": False})
+    for name, (shape, dtype) in RAY_COLUMNS.items():
+        root.create_array(
             name,
-            shape=(count, *shape),
+            shape=(capacity, *shape),
             dtype=dtype,
-            chunks=(max(1, min(chunk, count)), *shape),
+            chunks=(max(1, min(chunk, capacity)), *shape),
             compressors=_compressor(dtype),
             fill_value=0,
         )
-        for name, (shape, dtype) in RAY_COLUMNS.items()
-    }
 
 
-def write_part(path: str, parts: dict[str, Rays]) -> None:
-    """One task attempt's rays as packed records (N, RAY_RECORD.itemsize) uint8, each block's starting on a
-    chunk boundary (zero gaps between, which compress to nothing) so that reading one block back touches
-    only its own chunks; each block's [start, stop) range is in the `ranges` attribute."""
-    starts = np.cumsum([0] + [-(-len(r) // PART_CHUNK) * PART_CHUNK for r in parts.values()])
-    ranges = {block_id: [int(a), int(a) + len(r)] for (block_id, r), a in zip(parts.items(), starts, strict=False)}
-    root = zarr.open_group(path, mode="w")
-    records = np.zeros((int(starts[-1]), RAY_RECORD.itemsize), np.uint8)
-    for block_id, rays in parts.items():
-        records[ranges[block_id][0] : ranges[block_id][1]] = rays.pack()
-    array = root.create_array(
-        "records",
-        shape=records.shape,
-        dtype=np.uint8,
-        chunks=(PART_CHUNK, RAY_RECORD.itemsize),
-        compressors=BloscCodec(cname="zstd", clevel=1, shuffle=BloscShuffle.noshuffle),
-        fill_value=0,
-    )
-    if len(records):
-        array[...] = records
-    root.attrs.update({"ranges": ranges, "complete": True})
+def write_slot(start: int, stores: Sequence[tuple[str, Rays]]) -> list[str]:
+    """Write each (store path, rays) pair's rays to the store's rows [start, start + N); returns the RayChecksum
+    of each store's rays. The stores come from `create_ray_store`; `start` is a chunk boundary.
+
+    Columns and stores are written concurrently through Zarr's async API (STORES_IN_FLIGHT at a time), without
+    its all-fill check of each chunk: on slots of a chunk or two, Zarr's per-call overhead would otherwise
+    dominate compression.
+    """
+
+    async def write(path: str, rays: Rays, slots: asyncio.Semaphore) -> None:
+        async with slots:
+            root = await zarr.api.asynchronous.open_group(path, mode="r+")
+            arrays = await asyncio.gather(*(root.getitem(name) for name in RAY_COLUMNS))
+            capacity, chunk = arrays[0].shape[0], arrays[0].chunks[0]
+            if start % chunk or start + len(rays) > capacity:
+                raise ValueError(
+                    f"{path}: cannot write {len(rays)} rays from row {start}: a slot starts on a chunk boundary "
+                    f"({chunk} rows) and ends within the store's {capacity} rows"
+                )
+            rows = slice(start, start + len(rays))
+            await asyncio.gather(
+                *(
+                    array.with_config({"write_empty_chunks": True}).setitem(rows, getattr(rays, name))
+                    for name, array in zip(RAY_COLUMNS, arrays, strict=True)
+                )
+            )
+
+    async def write_all() -> None:
+        slots = asyncio.Semaphore(STORES_IN_FLIGHT)
+        await asyncio.gather(*(write(path, rays, slots) for path, rays in stores))
+
+    sync(write_all())
+    checksums = []
+    for _, rays in stores:
+        digest = RayChecksum()
+        digest.update(rays)
+        checksums.append(digest.hexdigest())
+    return checksums
 
 
-def iter_part(path: str, block_id: str) -> Iterator[Rays]:
-    """Yield a block's rays from a task's part store, READ_CHUNKS stored chunks at a time."""
-    root = zarr.open_group(path, mode="r")
-    start, stop = root.attrs["ranges"][block_id]
-    records = root["records"]
-    while start < stop:
-        end = min(stop, start + READ_CHUNKS * PART_CHUNK)
-        yield Rays.unpack(records[start:end])
-        start = end
+def store_checksum(checksums: Sequence[str]) -> str:
+    """A store's checksum from its segments' (RayChecksum hex digests, in segment order)."""
+    return hashlib.sha256("".join(checksums).encode()).hexdigest()
+
+
+def finish_ray_store(path: str, segments: Sequence[tuple[int, int]], checksums: Sequence[str]) -> dict:
+    """Record a store's segments ((start row, ray count), non-empty, in order) and checksum, then mark it
+    complete in a last, separate write; returns `ray_store_info`'s record."""
+    root = zarr.open_group(path, mode="r+")
+    chunk = root["image_id"].chunks[0]
+    ends = [0] + [start + n for start, n in segments]
+    if len(checksums) != len(segments) or any(
+        n <= 0 or start % chunk or start < end for (start, n), end in zip(segments, ends, strict=False)
+    ):
+        raise ValueError(f"{path}: segments {segments} must be non-empty, ordered and start on chunk boundaries")
+    count = sum(n for _, n in segments)
+    checksum = store_checksum(checksums)
+    root.update_attributes({"count": count, "segments": [[int(s), int(n)] for s, n in segments], "checksum": checksum})
+    root.update_attributes({"complete": True})
+    return {"count": count, "checksum": checksum}
 
 
 class RayStoreWriter:
-    """Stream rays into a block's `rays.zarr` of known final length, writing whole aligned chunks.
+    """Stream rays into a new store holding one segment, rows [0, count), writing whole aligned chunks.
 
     Memory is one chunk of buffered rays plus what the caller appends, whatever the store's length.
     """
@@ -217,9 +238,9 @@ class RayStoreWriter:
         self.path = path
         self.count = count
         self.chunk = chunk
-        self._root = zarr.open_group(path, mode="w")
-        self._root.attrs.update({"schema_version": SCHEMA_VERSION, "complete": False})
-        self._arrays = _create_columns(self._root, count, chunk)
+        create_ray_store(path, count, chunk)
+        root = zarr.open_group(path, mode="r+")
+        self._arrays = {name: root[name] for name in RAY_COLUMNS}
         self._pending: list[Rays] = []
         self._pending_len = 0
         self._written = 0
@@ -249,27 +270,96 @@ class RayStoreWriter:
         self._flush(final=True)
         if self._written != self.count:
             raise ValueError(f"{self.path}: {self._written} rays written, {self.count} declared")
-        checksum = self._checksum.hexdigest()
-        self._root.attrs.update({"count": self.count, "checksum": checksum, "complete": True})
-        return checksum
+        segments = [(0, self.count)] if self.count else []
+        return finish_ray_store(self.path, segments, [self._checksum.hexdigest()] * len(segments))["checksum"]
+
+
+@dataclass(frozen=True)
+class RayStore:
+    """A complete ray store as readers see it: `count` rays at logical indices [0, count), kept in `segments`
+    (start row, ray count) one after another, in chunks of `chunk` rows."""
+
+    path: str
+    count: int
+    chunk: int
+    checksum: str
+    segments: tuple[tuple[int, int], ...]
+
+    def columns(self, names: Sequence[str] = tuple(RAY_COLUMNS)) -> dict[str, zarr.Array]:
+        """The named column arrays, indexed by row."""
+        root = zarr.open_group(self.path, mode="r")
+        return {name: root[name] for name in names}
+
+    def pieces(self) -> np.ndarray:
+        """(P, 3) int64 (start row, stop row, logical start): the rays of every stored chunk, in logical order.
+
+        Each piece lies in one chunk, so reading it reads one chunk per column; together they hold every ray
+        once.
+        """
+        out = []
+        logical = 0
+        for start, n in self.segments:
+            for row in range(start, start + n, self.chunk):
+                out.append((row, min(row + self.chunk, start + n), logical + row - start))
+            logical += n
+        return np.array(out, dtype=np.int64).reshape(-1, 3)
+
+    def ranges(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """The row ranges holding logical rays [start, stop), in order."""
+        out = []
+        logical = 0
+        for row, n in self.segments:
+            lo, hi = max(start, logical), min(stop, logical + n)
+            if lo < hi:
+                out.append((row + lo - logical, row + hi - logical))
+            logical += n
+        return out
+
+    def read(self, start: int = 0, stop: int | None = None) -> Rays:
+        """Logical rays [start, stop) (slice semantics over [0, count))."""
+        start, stop, _ = slice(start, stop).indices(self.count)
+        arrays = self.columns()
+        return Rays.concat(
+            [Rays(**{name: array[a:b] for name, array in arrays.items()}) for a, b in self.ranges(start, stop)]
+        )
+
+
+def open_ray_store(path: str) -> RayStore:
+    """The complete ray store at `path`; InputError when it is absent, unfinished or of another schema."""
+    try:
+        root = zarr.open_group(path, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
+        raise InputError(path, "no ray store here; run `bigscene partition`") from err
+    attrs = root.attrs.asdict()
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        raise InputError(
+            path,
+            f"ray store of schema version {attrs.get('schema_version')}, this bigscene reads {SCHEMA_VERSION}; "
+            "re-run `bigscene partition`",
+        )
+    if not attrs.get("complete", False):
+        raise InputError(path, "unfinished ray store; re-run `bigscene partition`")
+    return RayStore(
+        path=path,
+        count=int(attrs["count"]),
+        chunk=root["image_id"].chunks[0],
+        checksum=str(attrs["checksum"]),
+        segments=tuple((int(start), int(n)) for start, n in attrs["segments"]),
+    )
 
 
 def ray_store_info(path: str) -> dict | None:
-    """`{count, checksum}` of a complete ray store, or None when absent or unfinished."""
+    """`{count, checksum}` of a complete ray store, or None when absent, unfinished or of another schema."""
     try:
-        root = zarr.open_group(path, mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        store = open_ray_store(path)
+    except InputError:
         return None
-    attrs = root.attrs.asdict()
-    if not attrs.get("complete", False):
-        return None
-    return {"count": int(attrs["count"]), "checksum": str(attrs["checksum"])}
+    return {"count": store.count, "checksum": store.checksum}
 
 
 def read_rays(path: str, start: int = 0, stop: int | None = None) -> Rays:
-    """Rays [start, stop) of a block's ray store (training reads random chunks this way)."""
-    root = zarr.open_group(path, mode="r")
-    return Rays(**{name: root[name][start:stop] for name in RAY_COLUMNS})
+    """Logical rays [start, stop) of a complete block ray store (see `RayStore`)."""
+    return open_ray_store(path).read(start, stop)
 
 
 def write_voxels(
@@ -283,7 +373,7 @@ def write_voxels(
     )
     if len(coords):
         array[...] = coords
-    root.attrs.update(
+    root.update_attributes(
         {
             "schema_version": SCHEMA_VERSION,
             "origin": np.asarray(origin, dtype=np.float64).tolist(),

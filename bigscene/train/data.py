@@ -1,8 +1,9 @@
 """Streaming a block's `rays.zarr` into training batches, and its held-out views into validation.
 
-The stream never loads a whole store: each data worker owns a share of the store's chunks (split over DDP
-ranks and workers), reads them in a fresh random order every pass, and draws batches from a shuffle buffer
-of at most `buffer_rays` rays refilled chunk by chunk. Memory per worker is the buffer plus one chunk.
+The stream never loads a whole store: each data worker owns a share of the store's stored chunks (its
+`RayStore.pieces`, split over DDP ranks and workers), reads them in a fresh random order every pass, and
+draws batches from a shuffle buffer of at most `buffer_rays` rays refilled chunk by chunk. Memory per worker
+is the buffer plus one chunk.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import zarr
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from bigscene.store.blocks import open_ray_store
 from bigscene.train.optim import RayBudget
 from bigscene.train.views import ValView
 
@@ -25,7 +26,7 @@ COLUMNS = ("origins", "dirs", "rgb", "near_far", "image_id")
 
 @dataclass(frozen=True)
 class Shard:
-    """Which of the store's chunks a reader owns: those with index % count == index."""
+    """Which of the store's pieces (stored chunks) a reader owns: those with position % count == index."""
 
     index: int = 0
     count: int = 1
@@ -63,7 +64,8 @@ class RayStream(IterableDataset):
     """An endless stream of shuffled ray batches from a block's store; batch size from a shared RayBudget.
 
     Each batch is a dict of tensors: origins (N, 3), dirs (N, 3) float32, rgb (N, 3) uint8, near_far (N, 2)
-    float32, image_id (N,) int64, ray_id (N,) int64 (the ray's index in the store: the surface cache key).
+    float32, image_id (N,) int64, ray_id (N,) int64 (the ray's logical index in the store, in [0, count): the
+    surface cache key).
     """
 
     def __init__(self, path: str, budget: RayBudget, max_rays: int, buffer_rays: int, seed: int) -> None:
@@ -75,7 +77,7 @@ class RayStream(IterableDataset):
         self.rank = Shard()
 
     def set_rank(self, rank: int, world_size: int) -> None:
-        """Split the chunks over DDP ranks (each rank's workers then split its share)."""
+        """Split the pieces over DDP ranks (each rank's workers then split its share)."""
         self.rank = Shard(rank, world_size)
 
     def _shard(self) -> Shard:
@@ -84,30 +86,29 @@ class RayStream(IterableDataset):
         return Shard(self.rank.index * workers + index, self.rank.count * workers)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        root = zarr.open_group(self.path, mode="r")
-        arrays = {name: root[name] for name in COLUMNS}
-        count = arrays["origins"].shape[0]
-        chunk = arrays["origins"].chunks[0]
+        store = open_ray_store(self.path)
+        arrays = store.columns(COLUMNS)
+        chunk = store.chunk
         shard = self._shard()
-        chunks = np.arange(-(-count // chunk))
-        mine = chunks[shard.index :: shard.count]
-        if not len(mine):  # fewer chunks than readers: every reader streams all of them, in its own order
-            mine = chunks
+        pieces = store.pieces()  # (P, 3) start row, stop row, logical start
+        mine = pieces[shard.index :: shard.count]
+        if not len(mine):  # fewer pieces than readers: every reader streams all of them, in its own order
+            mine = pieces
         rng = np.random.default_rng([self.seed, shard.index, shard.count])
         # room for a full buffer, one more chunk, and batches drawn down to half a buffer
         capacity = max(self.buffer_rays, 2 * self.max_rays) + chunk
         buffer: ShuffleBuffer | None = None
         low = (capacity - chunk) // 2
 
-        def read(c: int) -> dict[str, np.ndarray]:
-            start, stop = int(c) * chunk, min(count, (int(c) + 1) * chunk)
+        def read(piece: np.ndarray) -> dict[str, np.ndarray]:
+            start, stop, logical = (int(v) for v in piece)
             rays = {name: array[start:stop] for name, array in arrays.items()}
-            rays["ray_id"] = np.arange(start, stop, dtype=np.int64)
+            rays["ray_id"] = np.arange(logical, logical + stop - start, dtype=np.int64)
             return rays
 
         while True:
-            for c in rng.permutation(mine):
-                rays = read(c)
+            for piece in rng.permutation(mine):
+                rays = read(piece)
                 if buffer is None:
                     buffer = ShuffleBuffer(capacity, rays)
                 buffer.add(rays)
