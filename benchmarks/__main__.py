@@ -17,9 +17,7 @@ log = logging.getLogger("benchmarks")
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rows: list[BenchRow] = []
-    for module in sorted(
-        m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name.startswith("bench_")
-    ):
+    for module in sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name.startswith("bench_")):
         log.info("running %s", module)
         rows.extend(importlib.import_module(f"benchmarks.{module}").run())
     print_table(f"bigscene benchmarks (CPU, {torch.get_num_threads()} threads)", rows)

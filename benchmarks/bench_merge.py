@@ -68,8 +68,13 @@ def _mesh_in_process(voxel: float, queue: multiprocessing.Queue) -> None:
     grid = MeshGrid.over(roi, voxel, CHUNK)
     with tempfile.TemporaryDirectory() as ws:
         summary = mesh_field(ws, field, grid, probe_seeds(field, grid), InlineEngine(0), "bench", colour=False)
-    queue.put((summary["voxels_per_second"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-               summary["nodes_evaluated"]))
+    queue.put(
+        (
+            summary["voxels_per_second"],
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            summary["nodes_evaluated"],
+        )
+    )
 
 
 def mesh_scaling() -> list[BenchRow]:
@@ -84,10 +89,21 @@ def mesh_scaling() -> list[BenchRow]:
     (rate0, rss0, nodes0), (rate1, rss1, nodes1) = results
     grown = f"{nodes1 / nodes0:.1f}x nodes"
     return [
-        BenchRow(f"mesh voxels/s, small city, voxel {SCALE_VOXELS[1]} ({grown})", rate1,
-                 f"voxel {SCALE_VOXELS[0]}", rate0, "voxels/s"),
-        BenchRow(f"mesh peak RSS, voxel {SCALE_VOXELS[1]} ({grown})", rss1, f"voxel {SCALE_VOXELS[0]}", rss0, "MiB",
-                 higher_is_better=False),
+        BenchRow(
+            f"mesh voxels/s, small city, voxel {SCALE_VOXELS[1]} ({grown})",
+            rate1,
+            f"voxel {SCALE_VOXELS[0]}",
+            rate0,
+            "voxels/s",
+        ),
+        BenchRow(
+            f"mesh peak RSS, voxel {SCALE_VOXELS[1]} ({grown})",
+            rss1,
+            f"voxel {SCALE_VOXELS[0]}",
+            rss0,
+            "MiB",
+            higher_is_better=False,
+        ),
     ]
 
 
@@ -117,8 +133,10 @@ def blending() -> list[BenchRow]:
     window[:, :2] = [centre[:2] - BLEND_SIDE / 2, centre[:2] + BLEND_SIDE / 2]
     grid = MeshGrid.over(window, BLEND_VOXEL, CHUNK)
     exact = CompositeField([AnalyticBlock(b, sdf) for b in boxes])
-    fields = {blend: CompositeField([AnalyticBlock(b, perturbed(sdf, i)) for i, b in enumerate(boxes)], blend)
-              for blend in ("partition_of_unity", "inverse_distance")}
+    fields = {
+        blend: CompositeField([AnalyticBlock(b, perturbed(sdf, i)) for i, b in enumerate(boxes)], blend)
+        for blend in ("partition_of_unity", "inverse_distance")
+    }
     threshold = BLEND_VOXEL / 2
     scores = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,8 +144,14 @@ def blending() -> list[BenchRow]:
             mesh_field(f"{tmp}/{name}", field, grid, probe_seeds(exact, grid), InlineEngine(0), name, colour=False)
         gt = list(mesh_pieces(f"{tmp}/exact", grid))
         for blend, field in fields.items():
-            geometry = geometry_metrics(mesh_pieces(f"{tmp}/{blend}", grid), gt, threshold, 10 * threshold,
-                                        threshold / 5, seam_band_labeller(field))
+            geometry = geometry_metrics(
+                mesh_pieces(f"{tmp}/{blend}", grid),
+                gt,
+                threshold,
+                10 * threshold,
+                threshold / 5,
+                seam_band_labeller(field),
+            )
             scores[blend] = {
                 "jump": 1000 * seam_jump(field, 2000, 2 * BLEND_VOXEL, 0.01 * BLEND_VOXEL)["mean"],
                 "band": 1000 * geometry["accuracy_by_label"][1],
@@ -137,13 +161,31 @@ def blending() -> list[BenchRow]:
     pou, idw = scores["partition_of_unity"], scores["inverse_distance"]
     label = "perturbed analytic blocks"
     return [
-        BenchRow(f"seam jump of the composite SDF, PoU ({label})", pou["jump"], "inverse distance", idw["jump"], "mm",
-                 higher_is_better=False),
-        BenchRow(f"seam-band accuracy, PoU ({label})", pou["band"], "inverse distance", idw["band"], "mm",
-                 higher_is_better=False),
+        BenchRow(
+            f"seam jump of the composite SDF, PoU ({label})",
+            pou["jump"],
+            "inverse distance",
+            idw["jump"],
+            "mm",
+            higher_is_better=False,
+        ),
+        BenchRow(
+            f"seam-band accuracy, PoU ({label})",
+            pou["band"],
+            "inverse distance",
+            idw["band"],
+            "mm",
+            higher_is_better=False,
+        ),
         BenchRow(f"F-score at {threshold:g} m, PoU ({label})", pou["fscore"], "inverse distance", idw["fscore"], "%"),
-        BenchRow(f"block disagreement |SDF_a - SDF_b| ({label})", pou["disagreement"], "same blocks",
-                 idw["disagreement"], "mm", higher_is_better=False),
+        BenchRow(
+            f"block disagreement |SDF_a - SDF_b| ({label})",
+            pou["disagreement"],
+            "same blocks",
+            idw["disagreement"],
+            "mm",
+            higher_is_better=False,
+        ),
     ]
 
 

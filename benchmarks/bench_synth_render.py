@@ -23,8 +23,9 @@ def _rows(device: torch.device, repeats: int) -> list[BenchRow]:
     views = plan_views(config, city.layout)
     camera = intrinsics(config)
     settings = RenderSettings(max_steps=config.max_steps)
-    rays = [generate_rays(camera, torch.from_numpy(views[i].c2w).to(device), camera.pixel_grid().to(device))
-            for i in VIEWS]
+    rays = [
+        generate_rays(camera, torch.from_numpy(views[i].c2w).to(device), camera.pixel_grid().to(device)) for i in VIEWS
+    ]
     origins, dirs = torch.cat([r[0] for r in rays]), torch.cat([r[1] for r in rays])  # (R, 3)
     near, far = ray_bounds(origins, dirs, city.z_top, city.far)
     cone = 0.5 / max(camera.focal)
@@ -51,10 +52,16 @@ def _rows(device: torch.device, repeats: int) -> list[BenchRow]:
     )
     n, size = len(origins), f"{PRESET} {config.width}x{config.height}, {device.type.upper()}"
     return [
-        BenchRow(f"trace rays/s, gridded ray-aware ({size})", n / best["gridded"], "full SDF", n / best["full"],
-                 "rays/s"),
-        BenchRow(f"rendered px/s, 65536-ray chunks ({size})", n / best["batched"], "2048-ray chunks",
-                 n / best["small"], "px/s"),
+        BenchRow(
+            f"trace rays/s, gridded ray-aware ({size})", n / best["gridded"], "full SDF", n / best["full"], "rays/s"
+        ),
+        BenchRow(
+            f"rendered px/s, 65536-ray chunks ({size})",
+            n / best["batched"],
+            "2048-ray chunks",
+            n / best["small"],
+            "px/s",
+        ),
     ]
 
 

@@ -46,9 +46,7 @@ class SceneConfig:
         _check_choice("scene", "format", self.format, ("auto", "colmap", "transforms", "blender", "neus"))
         _check_choice("scene", "image_mismatch", self.image_mismatch, ("error", "resize", "crop"))
         _check_choice("scene", "up", self.up, ("auto", "cameras", "points"))
-        _check_choice(
-            "scene", "matcher", self.matcher, ("auto", "exhaustive", "sequential", "spatial", "vocabtree")
-        )
+        _check_choice("scene", "matcher", self.matcher, ("auto", "exhaustive", "sequential", "spatial", "vocabtree"))
         _check_choice("scene", "mapper", self.mapper, ("incremental", "global"))
         if len(self.background) != 3:
             raise ConfigError(f"scene.background={self.background}: expected three values in [0, 1]")
@@ -242,16 +240,39 @@ class TrainConfig:
         _check_choice("train", "precision", self.precision, ("auto", "32", "bf16-mixed"))
         _check_choice("train", "engine", self.engine, ("ray", "inline"))
         positive = (
-            "steps", "rays_per_batch", "lr", "ckpt_every", "devices", "num_nodes", "max_rays_per_batch",
-            "huber_delta", "val_every", "val_chunk", "shuffle_buffer", "log_every", "cpus_per_block",
+            "steps",
+            "rays_per_batch",
+            "lr",
+            "ckpt_every",
+            "devices",
+            "num_nodes",
+            "max_rays_per_batch",
+            "huber_delta",
+            "val_every",
+            "val_chunk",
+            "shuffle_buffer",
+            "log_every",
+            "cpus_per_block",
         )
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"train.{key}={getattr(self, key)}: must be positive")
         non_negative = (
-            "max_minutes", "target_samples", "warmup_steps", "cos_anneal_steps", "eikonal_weight", "sfm_weight",
-            "sfm_points", "sky_weight", "manhattan_weight", "voxel_update_every", "val_views", "num_workers",
-            "gpus_per_block", "num_cpus", "max_retries",
+            "max_minutes",
+            "target_samples",
+            "warmup_steps",
+            "cos_anneal_steps",
+            "eikonal_weight",
+            "sfm_weight",
+            "sfm_points",
+            "sky_weight",
+            "manhattan_weight",
+            "voxel_update_every",
+            "val_views",
+            "num_workers",
+            "gpus_per_block",
+            "num_cpus",
+            "max_retries",
         )
         for key in non_negative:
             if getattr(self, key) < 0:
@@ -330,8 +351,17 @@ class MergeConfig:
             raise ConfigError(f"merge.chunk={self.chunk}: a chunk needs at least 2 nodes a side")
         if self.idw_margin < 1.0:
             raise ConfigError(f"merge.idw_margin={self.idw_margin}: must be at least 1")
-        non_negative = ("max_loaded_blocks", "num_cpus", "max_in_flight", "max_retries", "ortho_pixel", "eval_views",
-                        "eval_threshold", "eval_max_distance", "eval_spacing")
+        non_negative = (
+            "max_loaded_blocks",
+            "num_cpus",
+            "max_in_flight",
+            "max_retries",
+            "ortho_pixel",
+            "eval_views",
+            "eval_threshold",
+            "eval_max_distance",
+            "eval_spacing",
+        )
         for key in non_negative:
             if getattr(self, key) < 0:
                 raise ConfigError(f"merge.{key}={getattr(self, key)}: must not be negative")

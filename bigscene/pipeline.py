@@ -115,7 +115,8 @@ def _scene_stage(source: Source, workspace: str, config: Config, overwrite: bool
         from bigscene.synth import generate, make_config
 
         return run_stage(
-            workspace, "synth",
+            workspace,
+            "synth",
             lambda: generate(make_config(source.location, source.synth_overrides), workspace, overwrite=overwrite),
         )
     if source.kind == "sfm":
@@ -209,8 +210,9 @@ def stage_table(result: RunResult) -> Table:
         table.add_row(stage.name, f"{stage.seconds:.1f}", "already complete" if stage.skipped else "ran")
     table.add_row("total", f"{sum(s.seconds for s in result.stages):.1f}", "", end_section=True)
     table.add_row("test-view PSNR", _fmt(result.psnr, 4), f"untrained {_fmt(result.psnr_untrained, 4)}")
-    table.add_row("F-score", _fmt(result.fscore), "against WS/gt/mesh.ply" if result.fscore is not None
-                  else "no ground truth")
+    table.add_row(
+        "F-score", _fmt(result.fscore), "against WS/gt/mesh.ply" if result.fscore is not None else "no ground truth"
+    )
     return table
 
 

@@ -40,9 +40,7 @@ def write_png(path: Path, width: int, height: int, seed: int = 0, mode: str = "R
     Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode).save(path)
 
 
-def make_scene(
-    root: Path, cameras: dict[int, Camera] | None = None, per_camera: int = 2, seed: int = 0
-) -> Scene:
+def make_scene(root: Path, cameras: dict[int, Camera] | None = None, per_camera: int = 2, seed: int = 0) -> Scene:
     """Images of every camera around the origin, written as PNGs under `root/images`, and points near it."""
     rng = np.random.default_rng(seed)
     cameras = CAMERAS if cameras is None else cameras

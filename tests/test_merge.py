@@ -130,8 +130,10 @@ def test_partition_of_unity_blends_continuously_where_inverse_distance_jumps() -
     dirs = torch.tensor([[0.0, 0.0, -1.0]]).expand(len(line), 3)
     steps = {}
     for blend in ("partition_of_unity", "inverse_distance"):
-        blocks = [AnalyticBlock(b, lambda x, k=k: x[:, 2] - 2.0 - k, lambda x, c=c: torch.tensor(c).expand(len(x), 3))
-                  for k, (b, c) in enumerate(zip(boxes, colours, strict=True))]
+        blocks = [
+            AnalyticBlock(b, lambda x, k=k: x[:, 2] - 2.0 - k, lambda x, c=c: torch.tensor(c).expand(len(x), 3))
+            for k, (b, c) in enumerate(zip(boxes, colours, strict=True))
+        ]
         out = CompositeField(blocks, blend).evaluate(line, dirs)
         steps[blend] = (float(out.value.diff().abs().max()), float(out.rgb.diff(dim=0).abs().max()))
     assert steps["partition_of_unity"][0] < 0.01 and steps["partition_of_unity"][1] < 0.01
@@ -253,17 +255,16 @@ def plane(size: float = 10.0, n: int = 21, z: float = 0.0) -> tuple[np.ndarray, 
 
 def test_chamfer_and_fscore_of_a_mesh_against_itself_and_a_shifted_copy() -> None:
     vertices, faces = plane()
-    same = geometry_metrics([(vertices, faces)], [(vertices, faces)], threshold=0.05, max_distance=0.5,
-                            spacing=0.1)
+    same = geometry_metrics([(vertices, faces)], [(vertices, faces)], threshold=0.05, max_distance=0.5, spacing=0.1)
     assert same["chamfer"] == 0.0 and same["fscore"] == 1.0 and same["points"]["pred"] > 5000
     d = 0.2
     shifted = vertices + [0.0, 0.0, d]
-    far = geometry_metrics([(shifted, faces)], [(vertices, faces)], threshold=0.05, max_distance=0.5, spacing=0.1,
-                           tile=2.5)  # 16 tiles
+    far = geometry_metrics(
+        [(shifted, faces)], [(vertices, faces)], threshold=0.05, max_distance=0.5, spacing=0.1, tile=2.5
+    )  # 16 tiles
     assert far["chamfer"] == pytest.approx(d, abs=1e-9) and far["fscore"] == 0.0
     near = geometry_metrics([(shifted, faces)], [(vertices, faces)], threshold=0.3, max_distance=0.5, spacing=0.1)
     assert near["fscore"] == 1.0
-
 
 
 def test_cropping_both_meshes_to_a_box_scores_that_region_alone() -> None:
@@ -272,8 +273,13 @@ def test_cropping_both_meshes_to_a_box_scores_that_region_alone() -> None:
     [(_, kept)] = crop_faces([(vertices, faces)], half)
     assert len(kept) == len(faces) // 2 and (vertices[kept].mean(axis=1)[:, 0] < 5.0).all()
     whole = geometry_metrics([(vertices, kept)], [(vertices, faces)], threshold=0.05, max_distance=0.5, spacing=0.1)
-    region = geometry_metrics(crop_faces([(vertices, kept)], half), crop_faces([(vertices, faces)], half),
-                              threshold=0.05, max_distance=0.5, spacing=0.1)
+    region = geometry_metrics(
+        crop_faces([(vertices, kept)], half),
+        crop_faces([(vertices, faces)], half),
+        threshold=0.05,
+        max_distance=0.5,
+        spacing=0.1,
+    )
     assert whole["recall"] < 0.6 and region["fscore"] == 1.0
 
 

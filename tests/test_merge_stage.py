@@ -29,24 +29,41 @@ from bigscene.store.workspace import write_json_atomic
 ROI = np.array([[-20.0, -20.0, -1.0], [20.0, 20.0, 8.0]])
 #: buildings (cx, cy, half x, half y, height); the one at x = 0 straddles the seam between the blocks
 BUILDINGS = torch.tensor([[-9.0, -9.0, 4.0, 4.0, 6.0], [0.0, 8.0, 3.0, 3.0, 5.0], [10.0, -4.0, 3.0, 5.0, 4.0]])
-OVERRIDES = ["merge.voxel_size=0.5", "merge.chunk=17", "merge.engine=inline", "merge.eval_views=2",
-             "merge.path_frames=2", "merge.path_width=24", "merge.path_height=18", "merge.ortho_pixel=1.0",
-             "merge.ortho_tile=16", "merge.seam_samples=4000", "sampler.num_samples=32", "sampler.num_importance=16"]
+OVERRIDES = [
+    "merge.voxel_size=0.5",
+    "merge.chunk=17",
+    "merge.engine=inline",
+    "merge.eval_views=2",
+    "merge.path_frames=2",
+    "merge.path_width=24",
+    "merge.path_height=18",
+    "merge.ortho_pixel=1.0",
+    "merge.ortho_tile=16",
+    "merge.seam_samples=4000",
+    "sampler.num_samples=32",
+    "sampler.num_importance=16",
+]
 CAMERA = Camera.pinhole(20.0, 20.0, 12.0, 9.0, 24, 18)
 
 
 def town_sdf(x: torch.Tensor) -> torch.Tensor:
     """Exact SDF (N,) of the ground z = 0 united with box buildings standing on it."""
-    q = torch.stack([(x[:, None, 0] - BUILDINGS[:, 0]).abs() - BUILDINGS[:, 2],
-                     (x[:, None, 1] - BUILDINGS[:, 1]).abs() - BUILDINGS[:, 3],
-                     (x[:, None, 2] - BUILDINGS[:, 4] / 2).abs() - BUILDINGS[:, 4] / 2], dim=-1)  # (N, K, 3)
+    q = torch.stack(
+        [
+            (x[:, None, 0] - BUILDINGS[:, 0]).abs() - BUILDINGS[:, 2],
+            (x[:, None, 1] - BUILDINGS[:, 1]).abs() - BUILDINGS[:, 3],
+            (x[:, None, 2] - BUILDINGS[:, 4] / 2).abs() - BUILDINGS[:, 4] / 2,
+        ],
+        dim=-1,
+    )  # (N, K, 3)
     boxes = q.clamp_min(0).norm(dim=-1) + q.amax(dim=-1).clamp_max(0)
     return torch.minimum(x[:, 2], boxes.amin(dim=1))
 
 
 def town_colour(x: torch.Tensor) -> torch.Tensor:
-    return torch.stack([0.5 + 0.4 * torch.sin(x[:, 0] / 4), 0.5 + 0.4 * torch.cos(x[:, 1] / 5),
-                        (x[:, 2] / 8).clamp(0, 1)], dim=-1)
+    return torch.stack(
+        [0.5 + 0.4 * torch.sin(x[:, 0] / 4), 0.5 + 0.4 * torch.cos(x[:, 1] / 5), (x[:, 2] / 8).clamp(0, 1)], dim=-1
+    )
 
 
 def boxes() -> list[BlockBox]:
@@ -78,16 +95,22 @@ def make_workspace(root: Path, world_from_input: np.ndarray | None = None) -> st
     for i, c2w in enumerate(views()):
         rgb = render_view(field, CAMERA, c2w, settings)["rgb"]
         Image.fromarray((rgb * 255).round().astype(np.uint8)).save(images / f"v{i}.png")
-    scene = Scene({1: CAMERA}, [ImageRecord(f"v{i}.png", 1, i, "test") for i in range(2)], np.stack(views()),
-                  image_root=str(images), roi=ROI,
-                  world_from_input=np.eye(4) if world_from_input is None else world_from_input)
+    scene = Scene(
+        {1: CAMERA},
+        [ImageRecord(f"v{i}.png", 1, i, "test") for i in range(2)],
+        np.stack(views()),
+        image_root=str(images),
+        roi=ROI,
+        world_from_input=np.eye(4) if world_from_input is None else world_from_input,
+    )
     write_scene(ws, scene)
     write_json_atomic(str(ws / "partition.json"), {"rays_per_block": {b.id: 100 for b in boxes()}})
     rng = np.random.default_rng(0)
     ground = np.column_stack([rng.uniform(-20, 20, (400, 2)), np.zeros(400)])
     for box in boxes():
-        write_json_atomic(block_json_path(str(ws), box.id),
-                          {"id": box.id, "inner": box.inner.tolist(), "outer": box.outer.tolist()})
+        write_json_atomic(
+            block_json_path(str(ws), box.id), {"id": box.id, "inner": box.inner.tolist(), "outer": box.outer.tolist()}
+        )
         mine = ground[np.all((ground >= box.outer[0]) & (ground <= box.outer[1]), axis=1)]
         write_voxels(voxels_path(str(ws), box.id), np.floor(mine).astype(np.int32), np.zeros(3), 1.0, 1, 2)
     return str(ws)
@@ -271,8 +294,15 @@ def test_exported_blocks_load_lazily_and_merge(tmp_path: Path) -> None:
     from bigscene.train.model import BlockModel
 
     ws = make_workspace(tmp_path)
-    model_cfg = ModelConfig(hash_levels=4, hash_table_log2=10, finest_resolution=64, hidden_dim=16,
-                            color_hidden_dim=16, appearance_dim=4, background_hidden_dim=16)
+    model_cfg = ModelConfig(
+        hash_levels=4,
+        hash_table_log2=10,
+        finest_resolution=64,
+        hidden_dim=16,
+        color_hidden_dim=16,
+        appearance_dim=4,
+        background_hidden_dim=16,
+    )
     voxels = SparseVoxels(torch.zeros(3), 1.0, torch.zeros((1, 3), dtype=torch.long))
     for box in boxes():
         model = BlockModel(model_cfg, SamplerConfig(kind="importance"), box.inner, box.outer, 2, voxels)

@@ -75,7 +75,6 @@ def test_deleting_one_block_retrains_only_it_and_merges_again(city: Path) -> Non
     assert result.fscore is not None and result.fscore > 0.25
 
 
-
 def test_source_is_read_as_photos_a_scene_or_a_synthetic_city(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -179,8 +179,15 @@ def test_same_seed_same_bytes_different_seed_different_city(tmp_path: Path) -> N
 def test_street_capture_with_transients_and_appearance_change(tmp_path: Path) -> None:
     config = make_config(
         "tiny",
-        {"capture": "street", "street_stops": 4, "street_views": "forward,left", "transients": 4,
-         "appearance_variation": 0.3, "gt_mesh": False, "novel_views": 2},
+        {
+            "capture": "street",
+            "street_stops": 4,
+            "street_views": "forward,left",
+            "transients": 4,
+            "appearance_variation": 0.3,
+            "gt_mesh": False,
+            "novel_views": 2,
+        },
     )
     summary = generate(config, tmp_path)
     scene = read_scene(tmp_path)

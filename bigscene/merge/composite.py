@@ -123,8 +123,11 @@ class CompositeField:
             if with_colour:
                 sample = block.query(xb, dirs[index].to(block.device))
                 v = sample.value.to(x.device).float()
-                c = (sample.rgb.to(x.device).float() if sample.rgb is not None
-                     else torch.full((len(index), 3), 0.5, device=x.device))
+                c = (
+                    sample.rgb.to(x.device).float()
+                    if sample.rgb is not None
+                    else torch.full((len(index), 3), 0.5, device=x.device)
+                )
             else:
                 v = block.geometry(xb).to(x.device).float()
             first = ~has_ref[index]

@@ -48,8 +48,16 @@ def psnr(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -
 def ssim(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> float:
     """SSIM (Gaussian window, sigma 1.5, as NeRF papers report) of images (H, W, 3) in [0, 1], its map
     averaged over mask (H, W) when given."""
-    _, full = structural_similarity(pred, target, channel_axis=-1, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                    use_sample_covariance=False, full=True)
+    _, full = structural_similarity(
+        pred,
+        target,
+        channel_axis=-1,
+        data_range=1.0,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        full=True,
+    )
     per_pixel = full.mean(axis=-1)
     return float(per_pixel[mask].mean() if mask is not None else per_pixel.mean())
 
@@ -62,8 +70,9 @@ def load_target(view: View) -> np.ndarray:
     return pixels.astype(np.float32) / 255.0
 
 
-def view_metrics(field_: CompositeField, views: list[View], settings: RenderSettings, image_space: bool = False,
-                 min_pixels: int = 16) -> dict[str, Any]:
+def view_metrics(
+    field_: CompositeField, views: list[View], settings: RenderSettings, image_space: bool = False, min_pixels: int = 16
+) -> dict[str, Any]:
     """PSNR / SSIM of the composite on every view, and of each block alone on its own pixels."""
     per_view = []
     blocks: dict[str, list[dict[str, float]]] = {i: [] for i in field_.ids}
@@ -77,13 +86,15 @@ def view_metrics(field_: CompositeField, views: list[View], settings: RenderSett
             if mask.sum() < min_pixels:
                 continue
             alone = render_view(field_.only(b), view.camera, view.c2w, settings)
-            blocks[block_id].append({
-                "psnr": psnr(alone["rgb"], target, mask),
-                "ssim": ssim(alone["rgb"], target, mask),
-                "composite_psnr": psnr(merged["rgb"], target, mask),
-                "composite_ssim": ssim(merged["rgb"], target, mask),
-                "pixels": int(mask.sum()),
-            })
+            blocks[block_id].append(
+                {
+                    "psnr": psnr(alone["rgb"], target, mask),
+                    "ssim": ssim(alone["rgb"], target, mask),
+                    "composite_psnr": psnr(merged["rgb"], target, mask),
+                    "composite_ssim": ssim(merged["rgb"], target, mask),
+                    "pixels": int(mask.sum()),
+                }
+            )
     mean = {k: float(np.mean([v[k] for v in per_view])) for k in ("psnr", "ssim")} if per_view else {}
     return {
         "views": len(views),
@@ -91,7 +102,8 @@ def view_metrics(field_: CompositeField, views: list[View], settings: RenderSett
         "blocks_alone": {
             block_id: {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "pixels"}
             | {"views": len(rows), "pixels": int(sum(r["pixels"] for r in rows))}
-            for block_id, rows in blocks.items() if rows
+            for block_id, rows in blocks.items()
+            if rows
         },
     }
 
@@ -197,8 +209,9 @@ def geometry_metrics(
                 own = sets[source].read(key, 4)
                 if not len(own):
                     continue
-                around = np.concatenate([sets[target].read((key[0] + dx, key[1] + dy), 4)
-                                         for dx in (-1, 0, 1) for dy in (-1, 0, 1)])
+                around = np.concatenate(
+                    [sets[target].read((key[0] + dx, key[1] + dy), 4) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
+                )
                 if len(around):
                     distance, _ = cKDTree(around[:, :3]).query(own[:, :3], distance_upper_bound=max_distance)
                     distance = np.minimum(distance, max_distance)
@@ -223,8 +236,9 @@ def geometry_metrics(
     }
 
 
-def gt_transform(bounds: np.ndarray, roi: np.ndarray, world_from_input: np.ndarray, frame: str,
-                 source: str) -> tuple[np.ndarray, str]:
+def gt_transform(
+    bounds: np.ndarray, roi: np.ndarray, world_from_input: np.ndarray, frame: str, source: str
+) -> tuple[np.ndarray, str]:
     """The (4, 4) map of a ground-truth mesh with bounds (2, 3) into the scene frame, and the frame it was in.
 
     `scene`: as it is; `input`: through the stored normalisation; `auto`: whichever puts it over the ROI.
@@ -266,8 +280,12 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
 def neighbour_pairs(field_: CompositeField) -> list[tuple[int, int]]:
     """Pairs of blocks whose outer boxes overlap."""
     outer = field_.outer.numpy()
-    return [(a, b) for a in range(len(outer)) for b in range(a + 1, len(outer))
-            if np.all(np.minimum(outer[a, 1], outer[b, 1]) > np.maximum(outer[a, 0], outer[b, 0]))]
+    return [
+        (a, b)
+        for a in range(len(outer))
+        for b in range(a + 1, len(outer))
+        if np.all(np.minimum(outer[a, 1], outer[b, 1]) > np.maximum(outer[a, 0], outer[b, 0]))
+    ]
 
 
 def seam_disagreement(field_: CompositeField, samples: int, near: float, seed: int = 0) -> dict[str, Any]:
@@ -282,8 +300,10 @@ def seam_disagreement(field_: CompositeField, samples: int, near: float, seed: i
         fa, fb = (_geometry(field_, i, points) for i in (a, b))
         keep = (fa.abs() < near) & (fb.abs() < near) if field_.kind == "neus" else torch.ones_like(fa, dtype=bool)
         diff = (fa - fb)[keep].abs()
-        pairs[f"{field_.ids[a]}|{field_.ids[b]}"] = {"mean": float(diff.mean()) if len(diff) else None,
-                                                     "points": int(keep.sum())}
+        pairs[f"{field_.ids[a]}|{field_.ids[b]}"] = {
+            "mean": float(diff.mean()) if len(diff) else None,
+            "points": int(keep.sum()),
+        }
         total += float(diff.sum())
         count += len(diff)
     return {"mean": total / count if count else None, "points": count, "near": near, "pairs": pairs}
@@ -296,8 +316,9 @@ def _geometry(field_: CompositeField, index: int, points: torch.Tensor) -> torch
     return value if field_.kind == "neus" else torch.log1p(value)
 
 
-def seam_jump(field_: CompositeField, lines: int, near: float, step: float, seed: int = 0,
-              samples_per_line: int = 128) -> dict[str, Any]:
+def seam_jump(
+    field_: CompositeField, lines: int, near: float, step: float, seed: int = 0, samples_per_line: int = 128
+) -> dict[str, Any]:
     """How much the composite jumps where the set of contributing blocks changes (a block's weight starts or
     stops): along random lines parallel to x and y, every such change is located by bisection (weights only),
     and |f(p + step e) - f(p - step e)| is taken there, for changes within `near` of the surface. A continuous
@@ -332,8 +353,12 @@ def seam_jump(field_: CompositeField, lines: int, near: float, step: float, seed
         keep = here.abs() < near if field_.kind == "neus" else torch.ones_like(here, dtype=torch.bool)
         jumps.append((plus - minus)[keep].abs())
     values = torch.cat(jumps) if jumps else torch.zeros(0)
-    return {"mean": float(values.mean()) if len(values) else None, "max": float(values.max()) if len(values) else None,
-            "points": len(values), "step": step}
+    return {
+        "mean": float(values.mean()) if len(values) else None,
+        "max": float(values.max()) if len(values) else None,
+        "points": len(values),
+        "step": step,
+    }
 
 
 def _signature(field_: CompositeField, points: torch.Tensor) -> np.ndarray:

@@ -65,8 +65,9 @@ class MeshGrid:
 
     def contains(self, start: np.ndarray, size: np.ndarray) -> np.ndarray:
         """(a, b, c) bool: which nodes start + [0, size) are grid nodes."""
-        inside = [(start[a] + np.arange(size[a]) >= 0) & (start[a] + np.arange(size[a]) < self.shape[a])
-                  for a in range(3)]
+        inside = [
+            (start[a] + np.arange(size[a]) >= 0) & (start[a] + np.arange(size[a]) < self.shape[a]) for a in range(3)
+        ]
         return inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
 
     def world(self, coords: np.ndarray) -> np.ndarray:

@@ -183,8 +183,13 @@ def tile_ply(tile: merge_store.Tile, grid: MeshGrid) -> bytes:
 
 def fingerprint(grid: MeshGrid, field_id: dict[str, Any]) -> str:
     """SHA-256 of the grid and what defines the field (blocks, blend): a mesh made with anything else is stale."""
-    doc = {"origin": grid.origin.tolist(), "voxel": grid.voxel, "shape": list(grid.shape), "chunk": grid.chunk,
-           **field_id}
+    doc = {
+        "origin": grid.origin.tolist(),
+        "voxel": grid.voxel,
+        "shape": list(grid.shape),
+        "chunk": grid.chunk,
+        **field_id,
+    }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -269,9 +274,15 @@ def mesh_field(
         "grid": list(grid.shape),
         "voxel_size": grid.voxel,
         "chunk": grid.chunk,
-        "chunks": {"seeds": len(seeds), "meshed": len(done), "flooded": len(set(done) - set(seeds)),
-                   "computed": computed, "reused": reused, "with_surface": sum(m["faces"] > 0 for m in done.values()),
-                   "of_grid": int(np.prod(grid.chunks))},
+        "chunks": {
+            "seeds": len(seeds),
+            "meshed": len(done),
+            "flooded": len(set(done) - set(seeds)),
+            "computed": computed,
+            "reused": reused,
+            "with_surface": sum(m["faces"] > 0 for m in done.values()),
+            "of_grid": int(np.prod(grid.chunks)),
+        },
         "nodes_evaluated": nodes,
         "voxels_per_second": round(computed_nodes / mesh_seconds, 1) if computed else None,
         "peak_chunks_in_process": GAUGE.peak,

@@ -47,8 +47,14 @@ class RenderSettings:
     @classmethod
     def from_config(cls, config: Config) -> RenderSettings:
         s = config.sampler
-        return cls(s.num_samples, s.num_importance, s.upsample_steps, s.base_inv_s, config.merge.chunk_rays,
-                   tuple(config.scene.background))  # type: ignore[arg-type]
+        return cls(
+            s.num_samples,
+            s.num_importance,
+            s.upsample_steps,
+            s.base_inv_s,
+            config.merge.chunk_rays,
+            tuple(config.scene.background),
+        )  # type: ignore[arg-type]
 
 
 @dataclass
@@ -63,8 +69,12 @@ class RayResult:
     @classmethod
     def cat(cls, parts: list[RayResult]) -> RayResult:
         normals = None if any(p.normals is None for p in parts) else torch.cat([p.normals for p in parts])
-        return cls(torch.cat([p.rgb for p in parts]), torch.cat([p.depth for p in parts]),
-                   torch.cat([p.opacity for p in parts]), normals)
+        return cls(
+            torch.cat([p.rgb for p in parts]),
+            torch.cat([p.depth for p in parts]),
+            torch.cat([p.opacity for p in parts]),
+            normals,
+        )
 
 
 def ray_box(origins: torch.Tensor, dirs: torch.Tensor, box: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,16 +136,18 @@ def _render_chunk(
     if index.numel():
         front = rays[index]
         if field.kind == "neus":
-            sampler = NeuSImportanceSampler(settings.num_samples, settings.num_importance, settings.upsample_steps,
-                                            settings.base_inv_s)
+            sampler = NeuSImportanceSampler(
+                settings.num_samples, settings.num_importance, settings.upsample_steps, settings.base_inv_s
+            )
             samples = sampler(front, field.geometry)
             ray_indices, t, start = samples.points()
             out = field.evaluate(front.at(ray_indices, t), front.dirs[ray_indices])
             end = start + 1
             inv_s = (out.inv_s[start] + out.inv_s[end]) / 2
             alphas = neus_alpha(out.value[start], out.value[end], inv_s)
-            shaded = render(samples, alphas, (out.rgb[start] + out.rgb[end]) / 2,
-                            (out.normals[start] + out.normals[end]) / 2)
+            shaded = render(
+                samples, alphas, (out.rgb[start] + out.rgb[end]) / 2, (out.normals[start] + out.normals[end]) / 2
+            )
             normals[index] = shaded.normals
         else:
             samples = NeRFImportanceSampler(settings.num_samples, settings.num_importance)(front, field.geometry)
@@ -154,8 +166,12 @@ def render_image_space(
     weights |camera - block centre|^-p. Rays that cross no block show the composite's background."""
     n = len(origins)
     total = origins.new_zeros(n)
-    acc = RayResult(origins.new_zeros(n, 3), origins.new_zeros(n), origins.new_zeros(n),
-                    origins.new_zeros(n, 3) if field.kind == "neus" else None)
+    acc = RayResult(
+        origins.new_zeros(n, 3),
+        origins.new_zeros(n),
+        origins.new_zeros(n),
+        origins.new_zeros(n, 3) if field.kind == "neus" else None,
+    )
     for b in range(len(field.blocks)):
         near, far = ray_box(origins, dirs, field.outer[b].numpy())
         index = torch.nonzero(far > near).squeeze(1)
@@ -188,8 +204,11 @@ def render_view(
     origins, dirs = generate_rays(camera, torch.as_tensor(c2w, dtype=torch.float64), camera.pixel_grid())
     out = (render_image_space if image_space else render_rays)(field, origins, dirs, settings)
     h, w = camera.height, camera.width
-    view = {"rgb": out.rgb.clamp(0, 1).reshape(h, w, 3).numpy(), "depth": out.depth.reshape(h, w).numpy(),
-            "opacity": out.opacity.reshape(h, w).numpy()}
+    view = {
+        "rgb": out.rgb.clamp(0, 1).reshape(h, w, 3).numpy(),
+        "depth": out.depth.reshape(h, w).numpy(),
+        "opacity": out.opacity.reshape(h, w).numpy(),
+    }
     if out.normals is not None:
         view["normals"] = out.normals.reshape(h, w, 3).numpy()
     return view

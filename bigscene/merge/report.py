@@ -37,11 +37,17 @@ def report_table(report: dict[str, Any]) -> Table:
     evaluation = report.get("eval", {})
     images = evaluation.get("images") or {}
     if images:
-        table.add_row("images", "composite PSNR / SSIM",
-                      f"{_fmt(images['composite'].get('psnr'))} / {_fmt(images['composite'].get('ssim'))}")
+        table.add_row(
+            "images",
+            "composite PSNR / SSIM",
+            f"{_fmt(images['composite'].get('psnr'))} / {_fmt(images['composite'].get('ssim'))}",
+        )
         for block_id, row in images.get("blocks_alone", {}).items():
-            table.add_row("images", f"{block_id} alone PSNR (composite on its pixels)",
-                          f"{_fmt(row['psnr'])} ({_fmt(row['composite_psnr'])})")
+            table.add_row(
+                "images",
+                f"{block_id} alone PSNR (composite on its pixels)",
+                f"{_fmt(row['psnr'])} ({_fmt(row['composite_psnr'])})",
+            )
     geometry = evaluation.get("geometry") or {}
     if geometry:
         table.add_row("geometry", f"F-score at {_fmt(geometry['threshold'])}", _fmt(geometry["fscore"]))

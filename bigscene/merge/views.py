@@ -47,8 +47,14 @@ def held_out_views(scene: Scene, limit: int = 0, scale: float = 1.0) -> list[Vie
             w, h = max(1, round(camera.width * scale)), max(1, round(camera.height * scale))
             camera = camera.scaled(w / camera.width, h / camera.height, w, h)
         record = scene.images[int(i)]
-        views.append(View(record.name.rsplit(".", 1)[0].replace("/", "_"), camera, scene.c2w[int(i)],
-                          f"{scene.image_root}/{record.name}"))
+        views.append(
+            View(
+                record.name.rsplit(".", 1)[0].replace("/", "_"),
+                camera,
+                scene.c2w[int(i)],
+                f"{scene.image_root}/{record.name}",
+            )
+        )
     return views
 
 
@@ -123,8 +129,9 @@ def height_png(height: np.ndarray) -> Image.Image:
 
 def gif_bytes(frames: list[Image.Image], seconds_per_frame: float = 0.1) -> bytes:
     buffer = io.BytesIO()
-    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:],
-                   duration=int(seconds_per_frame * 1000), loop=0)
+    frames[0].save(
+        buffer, format="GIF", save_all=True, append_images=frames[1:], duration=int(seconds_per_frame * 1000), loop=0
+    )
     return buffer.getvalue()
 
 
@@ -189,21 +196,31 @@ def ortho_tile(job: tuple[int, int], shared: OrthoShared) -> dict[str, Any]:
     return {"tile": [row, col], "pixels": h * w, "seconds": time.perf_counter() - started}
 
 
-def render_ortho(workspace: str, field: CompositeField, grid: OrthoGrid, settings: RenderSettings,
-                 engine: Engine) -> dict[str, Any]:
+def render_ortho(
+    workspace: str, field: CompositeField, grid: OrthoGrid, settings: RenderSettings, engine: Engine
+) -> dict[str, Any]:
     """The orthophoto and DSM of the ROI into merge/ortho.zarr, tile by tile, with PNG previews."""
     rows, cols = grid.shape
     root = merge_store.open_ortho(workspace, rows, cols, grid.tile, grid.roi[[0, 1], [0, 1]], grid.pixel)
     started = time.perf_counter()
     jobs = grid.tiles()
-    pixels = sum(result["pixels"] for _, result in engine.map(ortho_tile, jobs, OrthoShared(workspace, field, grid,
-                                                                                         settings)))
+    pixels = sum(
+        result["pixels"] for _, result in engine.map(ortho_tile, jobs, OrthoShared(workspace, field, grid, settings))
+    )
     seconds = time.perf_counter() - started
     stride = max(1, math.ceil(max(rows, cols) / PREVIEW_SIZE))
-    merge_store.write_bytes_atomic(merge_store.merge_path(workspace, "renders", "ortho.png"),
-                                   png_bytes(Image.fromarray(root["rgb"][::stride, ::stride])))
-    merge_store.write_bytes_atomic(merge_store.merge_path(workspace, "renders", "dsm.png"),
-                                   png_bytes(height_png(root["dsm"][::stride, ::stride])))
+    merge_store.write_bytes_atomic(
+        merge_store.merge_path(workspace, "renders", "ortho.png"),
+        png_bytes(Image.fromarray(root["rgb"][::stride, ::stride])),
+    )
+    merge_store.write_bytes_atomic(
+        merge_store.merge_path(workspace, "renders", "dsm.png"), png_bytes(height_png(root["dsm"][::stride, ::stride]))
+    )
     root.attrs["complete"] = True
-    return {"size": [rows, cols], "pixel": grid.pixel, "tiles": len(jobs),
-            "rays_per_second": round(pixels / seconds, 1), "store": merge_store.ortho_path(workspace)}
+    return {
+        "size": [rows, cols],
+        "pixel": grid.pixel,
+        "tiles": len(jobs),
+        "rays_per_second": round(pixels / seconds, 1),
+        "store": merge_store.ortho_path(workspace),
+    }

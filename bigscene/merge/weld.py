@@ -129,8 +129,9 @@ class _Seams:
         keys = np.concatenate([self.keys, keys])
         unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         values = np.concatenate([self.values, values])
-        self.values = np.bincount(inverse, weights=values, minlength=len(unique)).astype(np.int64) if summed \
-            else values[first]
+        self.values = (
+            np.bincount(inverse, weights=values, minlength=len(unique)).astype(np.int64) if summed else values[first]
+        )
         self.last = np.concatenate([self.last, last])[first]
         self.flags = np.concatenate([self.flags, flags])[first]
         self.keys = unique
@@ -141,7 +142,11 @@ class _Seams:
         out = _Seams(self.keys[gone], self.last[gone], self.values[gone], self.flags[gone])
         keep = ~gone
         self.keys, self.last, self.values, self.flags = (
-            self.keys[keep], self.last[keep], self.values[keep], self.flags[keep])
+            self.keys[keep],
+            self.last[keep],
+            self.values[keep],
+            self.flags[keep],
+        )
         return out
 
 
@@ -174,8 +179,7 @@ def weld_tiles(workspace: str, grid: MeshGrid, chunks: Sequence[Index], colours:
         tile = merge_store.read_tile(merge_store.tile_path(workspace, ijk))
         if not len(tile.faces):
             continue
-        keys, first_of, inverse = np.unique(vertex_keys(tile.verts, grid.shape), return_index=True,
-                                            return_inverse=True)
+        keys, first_of, inverse = np.unique(vertex_keys(tile.verts, grid.shape), return_index=True, return_inverse=True)
         verts = tile.verts[first_of]  # (V, 3) one per key
         faces = inverse.reshape(-1)[tile.faces]  # (F, 3) into verts
         good = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
@@ -193,8 +197,9 @@ def weld_tiles(workspace: str, grid: MeshGrid, chunks: Sequence[Index], colours:
         next_id += int(new.sum())
         if next_id >= 1 << 31:
             raise WorkspaceError(f"{path}: more than 2^31 vertices do not fit one PLY; use the tiles in mesh/tiles")
-        stream.add_vertices(grid.world(verts[new]).astype(np.float32),
-                            None if tile.colours is None else tile.colours[first_of][new])
+        stream.add_vertices(
+            grid.world(verts[new]).astype(np.float32), None if tile.colours is None else tile.colours[first_of][new]
+        )
         add = new & seam
         seam_vertices.add(keys[add], grid.linear(hi[add]), ids[add], np.zeros(int(add.sum()), bool), summed=False)
         stream.add_faces(ids[faces])
@@ -209,8 +214,13 @@ def weld_tiles(workspace: str, grid: MeshGrid, chunks: Sequence[Index], colours:
         shared = (e_lo != e_hi).any(axis=1)
         _, first_edge, uses = np.unique(edge_keys[~shared], return_index=True, return_counts=True)
         tally.count(uses, on_rim[~shared][first_edge])
-        seam_edges.add(edge_keys[shared], grid.linear(e_hi[shared]), np.ones(int(shared.sum()), np.int64),
-                       on_rim[shared], summed=True)
+        seam_edges.add(
+            edge_keys[shared],
+            grid.linear(e_hi[shared]),
+            np.ones(int(shared.sum()), np.int64),
+            on_rim[shared],
+            summed=True,
+        )
     done = seam_edges.pop_before(None)
     tally.count(done.values, done.flags)
     stream.close()

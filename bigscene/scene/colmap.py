@@ -32,9 +32,7 @@ _PYCOLMAP_ERRORS = (ValueError, RuntimeError, IndexError, OSError)
 def has_colmap_model(directory: str | os.PathLike) -> bool:
     """Whether `directory` holds cameras, images and points3D files, all .bin or all .txt."""
     directory = Path(directory)
-    return any(
-        all((directory / f"{name}{ext}").is_file() for name in _MODEL_FILES) for ext in (".bin", ".txt")
-    )
+    return any(all((directory / f"{name}{ext}").is_file() for name in _MODEL_FILES) for ext in (".bin", ".txt"))
 
 
 def default_image_root(model_dir: str | os.PathLike) -> Path:
@@ -83,17 +81,13 @@ def read_colmap(model_dir: str | os.PathLike, image_root: str | os.PathLike | No
         raise InputError(model_dir, "empty COLMAP model (no cameras, no images)")
     registered = sorted((im for im in reconstruction.images.values() if im.has_pose), key=lambda im: im.name)
     if not registered:
-        raise InputError(
-            model_dir, f"COLMAP model has no registered image ({reconstruction.num_images()} unposed)"
-        )
+        raise InputError(model_dir, f"COLMAP model has no registered image ({reconstruction.num_images()} unposed)")
 
     root = Path(image_root) if image_root is not None else default_image_root(model_dir)
     missing = set(check_images(root, [im.name for im in registered]))
     report_missing(root, sorted(missing), len(registered), model_dir)
     kept = [im for im in registered if im.name not in missing]
-    cameras = {
-        cid: _camera(reconstruction.cameras[cid], model_dir) for cid in sorted({im.camera_id for im in kept})
-    }
+    cameras = {cid: _camera(reconstruction.cameras[cid], model_dir) for cid in sorted({im.camera_id for im in kept})}
     images = [ImageRecord(im.name, im.camera_id, index) for index, im in enumerate(kept)]
     c2w = np.stack([_c2w(im.cam_from_world().matrix()) for im in kept])  # (I, 4, 4)
 
@@ -113,9 +107,7 @@ def _camera(camera: pycolmap.Camera, model_dir: Path) -> Camera:
     model = camera.model.name
     if model not in CAMERA_MODELS:
         supported = ", ".join(CAMERA_MODELS)
-        raise InputError(
-            model_dir, f"camera {camera.camera_id} uses unsupported model {model}; supported: {supported}"
-        )
+        raise InputError(model_dir, f"camera {camera.camera_id} uses unsupported model {model}; supported: {supported}")
     try:
         return Camera(model, int(camera.width), int(camera.height), tuple(camera.params))
     except InputError as exc:

@@ -124,9 +124,7 @@ def run_ingest(
     return summary
 
 
-def run_sfm_stage(
-    images_dir: str | os.PathLike, workspace: str, config: Config, overwrite: bool = False
-) -> dict:
+def run_sfm_stage(images_dir: str | os.PathLike, workspace: str, config: Config, overwrite: bool = False) -> dict:
     """`bigscene sfm`: pycolmap SfM on a folder of photos, then the same normalise-and-write as ingest."""
     from bigscene.scene.sfm import SfmOptions, run_sfm
 

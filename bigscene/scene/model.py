@@ -33,9 +33,7 @@ class SparsePoints:
 
     @classmethod
     def empty(cls) -> SparsePoints:
-        return cls(
-            np.zeros((0, 3)), np.zeros((0, 3), np.uint8), np.zeros(0, np.int32), np.zeros(0, np.float32)
-        )
+        return cls(np.zeros((0, 3)), np.zeros((0, 3), np.uint8), np.zeros(0, np.int32), np.zeros(0, np.float32))
 
     def __len__(self) -> int:
         return len(self.xyz)
@@ -73,9 +71,7 @@ class Scene:
         """Raise InputError naming `source` for anything later stages cannot use."""
         if not self.images:
             raise InputError(source, "no registered images")
-        bad = [
-            im.name for im, pose in zip(self.images, self.c2w, strict=True) if not np.all(np.isfinite(pose))
-        ]
+        bad = [im.name for im, pose in zip(self.images, self.c2w, strict=True) if not np.all(np.isfinite(pose))]
         if bad:
             raise InputError(source, f"non-finite camera pose for {len(bad)} image(s), first: {bad[0]}")
         missing = {im.camera_id for im in self.images} - set(self.cameras)

@@ -139,9 +139,7 @@ def read_neus(directory: str | os.PathLike, image_mismatch: str = "error") -> Re
     except np.linalg.LinAlgError as exc:
         raise InputError(npz, "scale_mat is singular") from exc
 
-    scene = Scene(
-        cameras, images, np.stack(poses), image_root=str(image_dir), world_from_input=world_from_input
-    )
+    scene = Scene(cameras, images, np.stack(poses), image_root=str(image_dir), world_from_input=world_from_input)
     scene.validate(npz)
     log.info("read NeuS scene %s: %d images, %d cameras", directory, len(images), len(cameras))
     return ReadResult(scene, [])

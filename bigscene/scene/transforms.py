@@ -192,9 +192,7 @@ def _assemble(
     return scene
 
 
-def read_transforms(
-    path: str | os.PathLike, background: tuple[float, float, float] | None = None
-) -> ReadResult:
+def read_transforms(path: str | os.PathLike, background: tuple[float, float, float] | None = None) -> ReadResult:
     """Read a nerfstudio / instant-ngp `transforms.json` (or a directory holding one).
 
     Intrinsics may be top-level (shared) or per frame; frames with identical intrinsics share a camera.
@@ -234,9 +232,7 @@ def _first_size(directory: Path) -> Callable[[str], tuple[int, int]]:
     return size
 
 
-def read_blender(
-    directory: str | os.PathLike, background: tuple[float, float, float] = (1.0, 1.0, 1.0)
-) -> ReadResult:
+def read_blender(directory: str | os.PathLike, background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> ReadResult:
     """Read a Blender / NeRF-synthetic scene: `transforms_{train,val,test}.json` in `directory`.
 
     Focal length from `camera_angle_x`, image size from the first image; the splits are kept, in the

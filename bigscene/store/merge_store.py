@@ -217,8 +217,10 @@ class PointBuckets:
 
     def read(self, key: tuple[int, int], columns: int) -> np.ndarray:
         """All points of one tile, (P, columns)."""
-        parts = [np.load(io.BytesIO(read_bytes(join(self.root, f"{key[0]}_{key[1]}", f"{name}.npy"))))
-                 for name in list_names(join(self.root, f"{key[0]}_{key[1]}"), ".npy")]
+        parts = [
+            np.load(io.BytesIO(read_bytes(join(self.root, f"{key[0]}_{key[1]}", f"{name}.npy"))))
+            for name in list_names(join(self.root, f"{key[0]}_{key[1]}"), ".npy")
+        ]
         return np.concatenate(parts) if parts else np.zeros((0, columns))
 
 

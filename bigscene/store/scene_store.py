@@ -126,9 +126,7 @@ def read_scene(workspace: str | os.PathLike) -> Scene:
             "upgrade bigscene or ingest into a new workspace"
         )
     if not root.attrs.get("complete", False):
-        raise WorkspaceError(
-            f"{path}: incomplete scene store (interrupted write); re-run the stage that writes it"
-        )
+        raise WorkspaceError(f"{path}: incomplete scene store (interrupted write); re-run the stage that writes it")
 
     cams = root["cameras"]
     cameras = {}

@@ -101,8 +101,12 @@ def _street_pose(layout: Layout, xy: np.ndarray, heading: np.ndarray, view: str,
     direction = _heading_vectors(np.array([heading[0], heading[1], 0.0]))[view]
     x0, y0, x1, y1 = layout.extent
     ring = layout.street_width
-    for outward, on_ring in (((1.0, 0.0), xy[0] > x1 - ring), ((-1.0, 0.0), xy[0] < x0 + ring),
-                             ((0.0, 1.0), xy[1] > y1 - ring), ((0.0, -1.0), xy[1] < y0 + ring)):
+    for outward, on_ring in (
+        ((1.0, 0.0), xy[0] > x1 - ring),
+        ((-1.0, 0.0), xy[0] < x0 + ring),
+        ((0.0, 1.0), xy[1] > y1 - ring),
+        ((0.0, -1.0), xy[1] < y0 + ring),
+    ):
         normal = np.array([*outward, 0.0])
         if on_ring and direction @ normal > 0.7:
             direction = direction - 2.0 * (direction @ normal) * normal

@@ -225,7 +225,12 @@ def generate(config: SynthConfig, workspace: str | os.PathLike, overwrite: bool 
     settings = render_settings(config)
     log.info(
         "synthetic city: %d buildings, %d trees, %d views at %dx%d on %s",
-        len(layout.buildings), len(layout.trees), len(views), config.width, config.height, device,
+        len(layout.buildings),
+        len(layout.trees),
+        len(views),
+        config.width,
+        config.height,
+        device,
     )
     appearances = _appearances(config, len(views))
     render_seconds = _render_all(config, city, views, appearances, ws, settings) if config.render_images else 0.0
@@ -254,11 +259,20 @@ def generate(config: SynthConfig, workspace: str | os.PathLike, overwrite: bool 
         mesh_started = time.perf_counter()
         mesh = extract_mesh(city, layout.roi, config.gt_voxel)
         write_mesh(mesh, ws / "gt" / "mesh.ply")
-        gt.update(mesh="gt/mesh.ply", vertices=len(mesh.vertices), faces=len(mesh.faces),
-                  watertight=bool(mesh.is_watertight), seconds=round(time.perf_counter() - mesh_started, 3))
+        gt.update(
+            mesh="gt/mesh.ply",
+            vertices=len(mesh.vertices),
+            faces=len(mesh.faces),
+            watertight=bool(mesh.is_watertight),
+            seconds=round(time.perf_counter() - mesh_started, 3),
+        )
     if config.render_images:
-        gt.update(test_depth="synth/test_depth", test_normals="synth/test_normals", previews="synth/previews",
-                  depth=_DEPTH_CONVENTION)
+        gt.update(
+            test_depth="synth/test_depth",
+            test_normals="synth/test_normals",
+            previews="synth/previews",
+            depth=_DEPTH_CONVENTION,
+        )
 
     splits = {s: int(sum(v.split == s for v in views)) for s in ("train", "test")}
     summary = {

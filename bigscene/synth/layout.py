@@ -80,8 +80,15 @@ class FacadeStyle:
     base_z: float  # ground-floor level
 
     def row(self) -> list[float]:
-        return [*self.wall_rgb, *self.roof_rgb, self.floor_height, self.bay_width, self.window_w,
-                self.window_h, self.base_z]
+        return [
+            *self.wall_rgb,
+            *self.roof_rgb,
+            self.floor_height,
+            self.bay_width,
+            self.window_w,
+            self.window_h,
+            self.base_z,
+        ]
 
 
 @dataclass
@@ -208,9 +215,7 @@ def _style(rng: np.random.Generator, base_z: float, glassy: bool) -> FacadeStyle
     )
 
 
-def _building(
-    rng: np.random.Generator, lot: tuple, height: float, ground_z: float, z0: float
-) -> Building:
+def _building(rng: np.random.Generator, lot: tuple, height: float, ground_z: float, z0: float) -> Building:
     """One building of a random kind filling most of `lot` (cx, cy, w, d)."""
     cx, cy, w, d = lot
     kind = str(rng.choice(["box", "rounded", "lshape", "tower", "setback"], p=[0.25, 0.15, 0.2, 0.15, 0.25]))
@@ -303,8 +308,16 @@ def generate_layout(config: SynthConfig) -> Layout:
     depth = config.blocks_y * pitch + config.street_width
     extent = (-width / 2, -depth / 2, width / 2, depth / 2)
     layout = Layout(
-        config.blocks_x, config.blocks_y, config.block_size, config.street_width, ground,
-        blocks=[], parks=[], buildings=[], trees=[], extent=extent,
+        config.blocks_x,
+        config.blocks_y,
+        config.block_size,
+        config.street_width,
+        ground,
+        blocks=[],
+        parks=[],
+        buildings=[],
+        trees=[],
+        extent=extent,
     )
     centres = layout.block_centres()
     half = config.block_size / 2

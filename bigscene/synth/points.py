@@ -54,7 +54,11 @@ def _candidates(
 
 
 def _visible_pairs(
-    city: CitySDF, camera: Camera, c2w: np.ndarray, points: torch.Tensor, normals: torch.Tensor,
+    city: CitySDF,
+    camera: Camera,
+    c2w: np.ndarray,
+    points: torch.Tensor,
+    normals: torch.Tensor,
     settings: RenderSettings,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(point index, view index) of every pair where the view sees the point unoccluded."""
@@ -88,8 +92,9 @@ def _visible_pairs(
     for s in range(0, len(p_idx), settings.chunk_rays):
         sl = slice(s, s + settings.chunk_rays)
         near = torch.full_like(length[sl], _LIFT)
-        _, hit, _ = sphere_trace(city.step, start[sl], dirs[sl], near, length[sl] - 0.05, settings.max_steps,
-                                 settings.hit_eps * 10, 0.0)
+        _, hit, _ = sphere_trace(
+            city.step, start[sl], dirs[sl], near, length[sl] - 0.05, settings.max_steps, settings.hit_eps * 10, 0.0
+        )
         blocked[sl] = hit
     return p_idx[~blocked], v_idx[~blocked]
 
@@ -122,8 +127,9 @@ def sample_points(
         local = np.einsum("nij,nj->ni", w2c[pv[1], :3, :3], xyz_[pv[0]]) + w2c[pv[1], :3, 3]
         return (local[:, :2] / local[:, 2:3]) * np.array(camera.focal) + np.array(camera.principal_point)
 
-    observed = project(xyz_true) + rng.normal(0.0, pixel_noise, (len(pv[0]), 2)) if pixel_noise > 0 else (
-        project(xyz_true))
+    observed = (
+        project(xyz_true) + rng.normal(0.0, pixel_noise, (len(pv[0]), 2)) if pixel_noise > 0 else (project(xyz_true))
+    )
     residual = np.linalg.norm(project(xyz) - observed, axis=1)
     error = np.bincount(pv[0], weights=residual, minlength=len(points)) / np.maximum(track.cpu().numpy(), 1)
     return SparsePoints(

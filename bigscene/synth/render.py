@@ -45,9 +45,7 @@ class Lighting:
 
     def sun_dir(self, device: torch.device) -> torch.Tensor:
         az, el = math.radians(self.sun_azimuth_deg), math.radians(self.sun_elevation_deg)
-        return torch.tensor(
-            [math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)], device=device
-        )
+        return torch.tensor([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)], device=device)
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,11 @@ from bigscene.synth.layout import Layout
 _FAR = 1.0e6  # where the padding primitives live
 _STYLE_COLS = 11  # wall rgb, roof rgb, floor h, bay w, window w, window h, base z (tree tints use the first 3)
 _FULL_CHUNK = 64  # primitives per pass when evaluating the ungridded SDF
-_PAD = {"prisms": [_FAR, _FAR, 0.0, 1.0, 1.0, 1.0, 0.0], "slabs": [_FAR, _FAR, 1.0, 1.0, 0.0, 0.0],
-        "ellipsoids": [_FAR, _FAR, 0.0, 1.0, 1.0, 1.0]}  # one unused row per kind keeps tensors non-empty
+_PAD = {
+    "prisms": [_FAR, _FAR, 0.0, 1.0, 1.0, 1.0, 0.0],
+    "slabs": [_FAR, _FAR, 1.0, 1.0, 0.0, 0.0],
+    "ellipsoids": [_FAR, _FAR, 0.0, 1.0, 1.0, 1.0],
+}  # one unused row per kind keeps tensors non-empty
 #: Grid lists by kind, and the primitive table each indexes: sharp boxes and rounded prisms (vertical
 #: cylinders, rounded boxes) share the prism table but are cast differently.
 _KINDS = {"slabs": "slabs", "boxes": "prisms", "rounds": "prisms", "ellipsoids": "ellipsoids"}
@@ -93,8 +96,13 @@ def _safe_inverse(d: torch.Tensor) -> torch.Tensor:
 
 
 def rounded_rect_intervals(
-    points: torch.Tensor, dirs: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, a: torch.Tensor,
-    b: torch.Tensor, r: torch.Tensor,
+    points: torch.Tensor,
+    dirs: torch.Tensor,
+    cx: torch.Tensor,
+    cy: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    r: torch.Tensor,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Where rays (M, 3) from points (M, 3) are over an axis-aligned rounded rectangle (M,) each): one
     (t_in, t_out) interval (M,) per convex piece of it (two rectangles and four corner discs); their union
@@ -259,15 +267,21 @@ class CitySDF:
 
         def boxes(rows: torch.Tensor, cx: int, ha: int) -> np.ndarray:  # (K, 4) xmin ymin xmax ymax
             r = rows[:-1].double().numpy()
-            return np.stack([r[:, cx] - r[:, ha], r[:, cx + 1] - r[:, ha + 1],
-                             r[:, cx] + r[:, ha], r[:, cx + 1] + r[:, ha + 1]], axis=-1)
+            return np.stack(
+                [r[:, cx] - r[:, ha], r[:, cx + 1] - r[:, ha + 1], r[:, cx] + r[:, ha], r[:, cx + 1] + r[:, ha + 1]],
+                axis=-1,
+            )
 
         self.tables: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        source = {"slabs": boxes(self.slabs, 0, 2), "prisms": boxes(self.prisms, 0, 4),
-                  "ellipsoids": boxes(self.ellipsoids, 0, 3)}
+        source = {
+            "slabs": boxes(self.slabs, 0, 2),
+            "prisms": boxes(self.prisms, 0, 4),
+            "ellipsoids": boxes(self.ellipsoids, 0, 3),
+        }
         every = np.concatenate(list(source.values()))
-        self.bbox_xy = tuple(every[:, :2].min(0).tolist() + every[:, 2:].max(0).tolist()) if len(every) else (
-            (0.0, 0.0, 0.0, 0.0))
+        self.bbox_xy = (
+            tuple(every[:, :2].min(0).tolist() + every[:, 2:].max(0).tolist()) if len(every) else ((0.0, 0.0, 0.0, 0.0))
+        )
         rounded = self.prisms[:-1, 6].numpy() > 0
         wanted = {"slabs": None, "boxes": ~rounded, "rounds": rounded, "ellipsoids": None}
         for kind, table in _KINDS.items():

@@ -21,13 +21,31 @@ from bigscene.synth.sdf import CitySDF, Material, rect_sdf
 _MASK = 0xFFFFFFFF
 _PRIMES = (0x27D4EB2F, 0x165667B1, 0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D)
 _SIGN_HUES = (
-    (0.75, 0.08, 0.06), (0.05, 0.25, 0.7), (0.9, 0.7, 0.05), (0.05, 0.5, 0.2), (0.85, 0.85, 0.82),
-    (0.5, 0.1, 0.55), (0.9, 0.35, 0.05), (0.08, 0.08, 0.08),
+    (0.75, 0.08, 0.06),
+    (0.05, 0.25, 0.7),
+    (0.9, 0.7, 0.05),
+    (0.05, 0.5, 0.2),
+    (0.85, 0.85, 0.82),
+    (0.5, 0.1, 0.55),
+    (0.9, 0.35, 0.05),
+    (0.08, 0.08, 0.08),
 )
-_CAR_PAINT = ((0.6, 0.04, 0.03), (0.85, 0.85, 0.85), (0.03, 0.03, 0.035), (0.45, 0.47, 0.5), (0.05, 0.15, 0.5),
-              (0.8, 0.6, 0.05))
-_STREET_THINGS = ((0.55, 0.1, 0.08), (0.1, 0.3, 0.12), (0.75, 0.7, 0.2), (0.15, 0.2, 0.45), (0.08, 0.08, 0.08),
-                  (0.8, 0.8, 0.78))
+_CAR_PAINT = (
+    (0.6, 0.04, 0.03),
+    (0.85, 0.85, 0.85),
+    (0.03, 0.03, 0.035),
+    (0.45, 0.47, 0.5),
+    (0.05, 0.15, 0.5),
+    (0.8, 0.6, 0.05),
+)
+_STREET_THINGS = (
+    (0.55, 0.1, 0.08),
+    (0.1, 0.3, 0.12),
+    (0.75, 0.7, 0.2),
+    (0.15, 0.2, 0.45),
+    (0.08, 0.08, 0.08),
+    (0.8, 0.8, 0.78),
+)
 _FLOWERS = ((0.85, 0.75, 0.1), (0.85, 0.85, 0.85), (0.6, 0.15, 0.5), (0.8, 0.25, 0.1))
 
 
@@ -235,9 +253,10 @@ def _roof(
     px, py = torch.remainder(lx + 0.3, 1.15), torch.remainder(ly, 1.75)
     panel_zone = has_panels & (inside > 1.5) & (lx < 0.3 * prm[:, 4]) & (ly > -0.2 * prm[:, 5])
     panel = (px < 1.0) & (py < 1.6)
-    panel_rgb = torch.tensor([0.04, 0.06, 0.16], device=dev) * (
-        0.7 + 0.8 * hash_ints(torch.floor(lx / 1.15).long(), torch.floor(ly / 1.75).long(), ids)
-    )[:, None]
+    panel_rgb = (
+        torch.tensor([0.04, 0.06, 0.16], device=dev)
+        * (0.7 + 0.8 * hash_ints(torch.floor(lx / 1.15).long(), torch.floor(ly / 1.75).long(), ids))[:, None]
+    )
     roof = torch.where((panel_zone & panel)[:, None], panel_rgb, roof)
     return torch.where((panel_zone & ~panel)[:, None], torch.full_like(roof, 0.6), roof)
 
