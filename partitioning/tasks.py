@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 #: per injected fault, so the retry runs clean and a test can see that the fault fired.
 FAULT_ENV = "BIGSCENE_PARTITION_FAULT"
 FAULT_DIR = "partition_faults"
+#: Rays are shuffled in runs of this many consecutive rays (16 x 4 pixels in tile order): a 64k-ray chunk still
+#: mixes about a thousand patches of every image in the batch, and the gather, 5x faster than a per-ray
+#: shuffle, stays cache-friendly. Training shuffles individual rays again in its buffer.
+SHUFFLE_RUN = 64
 
 
 @dataclass(frozen=True)
@@ -170,8 +174,7 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
         if gathered[b]:
             rays = Rays.concat(gathered[b])
             gathered[b] = []
-            shuffle = np.random.default_rng([plan.seed, batch.index, b]).permutation(len(rays))
-            parts[block_id] = rays.take(shuffle)
+            parts[block_id] = rays.take(shuffle_order(len(rays), np.random.default_rng([plan.seed, batch.index, b])))
     written = write_slot(batch.slot, [(rays_path(plan.workspace, block_id), rays) for block_id, rays in parts.items()])
     _inject_fault(plan, batch.index)
     marker = {
@@ -189,6 +192,13 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
     }
     write_json_atomic(batch_marker_path(plan.workspace, batch.index), marker)
     return marker
+
+
+def shuffle_order(count: int, rng: np.random.Generator) -> np.ndarray:
+    """(count,) int64 permutation moving runs of SHUFFLE_RUN consecutive indices to random places."""
+    runs = rng.permutation(-(-count // SHUFFLE_RUN))
+    order = (runs[:, None] * SHUFFLE_RUN + np.arange(SHUFFLE_RUN)).reshape(-1)
+    return order[order < count]
 
 
 def _inject_fault(plan: Plan, batch: int) -> None:

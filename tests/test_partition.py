@@ -36,7 +36,7 @@ from bigscene.store.blocks import (
 from partitioning import run_partition
 from partitioning.assign import BlockBoxes, assign, slab
 from partitioning.layout import grid_cells, kd_cells, make_blocks, order_cells
-from partitioning.tasks import FAULT_DIR, FAULT_ENV
+from partitioning.tasks import FAULT_DIR, FAULT_ENV, SHUFFLE_RUN, shuffle_order
 from partitioning.voxels import Lattice, VisibilityGrid, visibility_grid
 
 OVERRIDES = ["partition.images_per_task=3", "partition.chunk_rays=2048"]
@@ -247,6 +247,20 @@ def test_rgb_and_voxels_are_stored(inline_run: tuple[str, dict]) -> None:
         stored = {tuple(v) for v in voxels.coords.tolist()}
         assert all(tuple(v) in stored for v in lattice.index(inside).tolist())
         assert len(stored) > len({tuple(v) for v in lattice.index(inside).tolist()})  # dilated
+
+
+def test_stored_chunks_mix_the_images_of_a_batch(inline_run: tuple[str, dict]) -> None:
+    ws, summary = inline_run
+    block_id = max(summary["rays_per_block"], key=summary["rays_per_block"].get)
+    first_batch = zarr.open_group(rays_path(ws, block_id), mode="r").attrs["segments"][0][1]
+    first_chunk = read_rays(rays_path(ws, block_id), 0, min(first_batch, 2048))
+    assert len(np.unique(first_chunk.image_id)) == 3  # partition.images_per_task=3
+    count = 10 * SHUFFLE_RUN + 5  # ten whole runs and a short one
+    order = shuffle_order(count, np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(count))
+    assert np.array_equal(order, shuffle_order(count, np.random.default_rng(0)))
+    breaks = np.count_nonzero(np.diff(order) != 1)
+    assert 1 <= breaks <= 10  # runs of consecutive rays moved as wholes, not left in place
 
 
 def test_rerun_is_a_no_op_and_outputs_are_written(inline_run: tuple[str, dict]) -> None:
