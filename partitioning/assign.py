@@ -90,8 +90,9 @@ def nearest_footprint(origins: np.ndarray, dirs: np.ndarray, inner_xy: np.ndarra
     inner_xy = np.ascontiguousarray(inner_xy, dtype=np.float32)
     block = np.empty(len(origins), dtype=np.int32)
     t = np.empty(len(origins), dtype=np.float32)
+    bounds = _bounds(inner_xy)
     for r in range(len(origins)):
-        block[r], t[r] = _sky_block(origins[r], dirs[r], inner_xy, _under(origins[r], inner_xy))
+        block[r], t[r] = _sky_block(origins[r], dirs[r], inner_xy, bounds, _under(origins[r], inner_xy))
     return block, t
 
 
@@ -142,22 +143,46 @@ def _under(origin: np.ndarray, inner_xy: np.ndarray) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _sky_block(origin: np.ndarray, direction: np.ndarray, inner_xy: np.ndarray, under: int) -> tuple[int, np.float32]:
-    """`nearest_footprint` for one ray whose origin lies over footprint `under` (-1: over none)."""
+def _footprint_entry(
+    lo_x: float, lo_y: float, hi_x: float, hi_y: float, origin: np.ndarray, inv_x: float, inv_y: float
+) -> tuple[np.float32, np.float32]:
+    """Entry and exit t (t >= 0) of a ray's ground projection through a rectangle; it crosses where exit >= entry."""
+    ta, tb = (lo_x - origin[0]) * inv_x, (hi_x - origin[0]) * inv_x
+    tc, td = (lo_y - origin[1]) * inv_y, (hi_y - origin[1]) * inv_y
+    return max(np.float32(0.0), min(ta, tb), min(tc, td)), min(max(ta, tb), max(tc, td))
+
+
+@numba.njit(cache=True, nogil=True)
+def _sky_block(
+    origin: np.ndarray, direction: np.ndarray, inner_xy: np.ndarray, bounds: np.ndarray, under: int
+) -> tuple[int, np.float32]:
+    """`nearest_footprint` for one ray whose origin lies over footprint `under` (-1: over none); bounds (2, 2)
+    is the rectangle holding every footprint."""
     zero = np.float32(0.0)
     if under >= 0:
         return under, zero
     inv_x, inv_y = np.float32(1.0) / _safe_component(direction[0]), np.float32(1.0) / _safe_component(direction[1])
     best, best_t = -1, np.float32(np.inf)
-    for b in range(len(inner_xy)):
-        ta, tb = (inner_xy[b, 0, 0] - origin[0]) * inv_x, (inner_xy[b, 1, 0] - origin[0]) * inv_x
-        tc, td = (inner_xy[b, 0, 1] - origin[1]) * inv_y, (inner_xy[b, 1, 1] - origin[1]) * inv_y
-        t0 = max(zero, min(ta, tb), min(tc, td))
-        t1 = min(max(ta, tb), max(tc, td))
-        if t1 >= t0 and t0 < best_t:
-            best, best_t = b, t0
-    if best >= 0:
-        return best, best_t
+    enter, leave = _footprint_entry(bounds[0, 0], bounds[0, 1], bounds[1, 0], bounds[1, 1], origin, inv_x, inv_y)
+    if leave >= enter:
+        # no footprint is entered before the bounds: the first is one holding the point where the ray enters them
+        px, py = origin[0] + enter * direction[0], origin[1] + enter * direction[1]
+        for b in range(len(inner_xy)):
+            if inner_xy[b, 0, 0] <= px <= inner_xy[b, 1, 0] and inner_xy[b, 0, 1] <= py <= inner_xy[b, 1, 1]:
+                t0, t1 = _footprint_entry(
+                    inner_xy[b, 0, 0], inner_xy[b, 0, 1], inner_xy[b, 1, 0], inner_xy[b, 1, 1], origin, inv_x, inv_y
+                )
+                if t1 >= t0 and t0 < best_t:
+                    best, best_t = b, t0
+        if best < 0:  # footprints that leave gaps in the bounds (or rounding at an edge): try every one
+            for b in range(len(inner_xy)):
+                t0, t1 = _footprint_entry(
+                    inner_xy[b, 0, 0], inner_xy[b, 0, 1], inner_xy[b, 1, 0], inner_xy[b, 1, 1], origin, inv_x, inv_y
+                )
+                if t1 >= t0 and t0 < best_t:
+                    best, best_t = b, t0
+        if best >= 0:
+            return best, best_t
     nearest = np.inf
     for b in range(len(inner_xy)):
         gap = zero
@@ -167,6 +192,16 @@ def _sky_block(origin: np.ndarray, direction: np.ndarray, inner_xy: np.ndarray, 
         if gap < nearest:
             best, nearest = b, gap
     return best, zero
+
+
+@numba.njit(cache=True, nogil=True)
+def _bounds(inner_xy: np.ndarray) -> np.ndarray:
+    """(2, 2) float32 rectangle holding every footprint (B, 2, 2)."""
+    out = np.empty((2, 2), dtype=np.float32)
+    for a in range(2):
+        out[0, a] = inner_xy[:, 0, a].min()
+        out[1, a] = inner_xy[:, 1, a].max()
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
@@ -225,6 +260,7 @@ def _assign(
     """`assign` over rays o, d (N, 3) float32: ray (M,) int64, block (M,) int32, near_far (M, 2) float32,
     background (M,) bool, and the numbers of invalid and of dropped sky rays."""
     n, num_boxes = len(o), len(outer)
+    bounds = _bounds(inner_xy)
     centre = np.empty((num_boxes, 3))
     radius = np.empty(num_boxes)
     for b in range(num_boxes):
@@ -233,6 +269,11 @@ def _assign(
             centre[b, a] = 0.5 * (np.float64(outer[b, 0, a]) + outer[b, 1, a])
             size += (np.float64(outer[b, 1, a]) - outer[b, 0, a]) ** 2
         radius[b] = 0.5 * np.sqrt(size)
+    valid = np.empty(n, dtype=np.bool_)
+    for r in range(n):
+        valid[r] = True
+        for a in range(3):
+            valid[r] &= np.isfinite(o[r, a]) and np.isfinite(d[r, a])
     capacity = 2 * n + 16
     ray = np.empty(capacity, dtype=np.int64)
     block = np.empty(capacity, dtype=np.int32)
@@ -242,18 +283,7 @@ def _assign(
     t0s = np.empty(num_boxes, dtype=np.float32)
     t1s = np.empty(num_boxes, dtype=np.float32)
     hits = np.empty(num_boxes, dtype=np.int64)
-    # structure of arrays, so that the slab test below vectorises over a group's rays
-    valid = np.empty(n, dtype=np.bool_)
-    inv = np.empty((3, n), dtype=np.float32)  # inverse directions
-    start = np.empty((3, n), dtype=np.float32)  # origins
-    for r in range(n):
-        valid[r] = True
-        for a in range(3):
-            valid[r] &= np.isfinite(o[r, a]) and np.isfinite(d[r, a])
-            inv[a, r] = np.float32(1.0) / _safe_component(d[r, a])
-            start[a, r] = o[r, a]
-    near_t = np.empty((num_boxes, GROUP), dtype=np.float32)  # (candidate, ray in group) slab entry
-    far_t = np.empty((num_boxes, GROUP), dtype=np.float32)  # and exit
+    inv = np.empty(3, dtype=np.float32)
     zero = np.float32(0.0)
     m = dropped_sky = 0
     for g in range(0, n, GROUP):
@@ -266,18 +296,6 @@ def _assign(
             if reach[b]:
                 candidates[c] = b
                 c += 1
-        for i in range(c):
-            b = candidates[i]
-            t0_row, t1_row = near_t[i], far_t[i]
-            for r in range(g, end):
-                ta = (outer[b, 0, 0] - start[0, r]) * inv[0, r]
-                tb = (outer[b, 1, 0] - start[0, r]) * inv[0, r]
-                tc = (outer[b, 0, 1] - start[1, r]) * inv[1, r]
-                td = (outer[b, 1, 1] - start[1, r]) * inv[1, r]
-                te = (outer[b, 0, 2] - start[2, r]) * inv[2, r]
-                tf = (outer[b, 1, 2] - start[2, r]) * inv[2, r]
-                t0_row[r - g] = max(zero, min(ta, tb), min(tc, td), min(te, tf))
-                t1_row[r - g] = min(max(ta, tb), max(tc, td), max(te, tf))
         under_of, under_x, under_y = -1, np.nan, np.nan  # footprint under (x, y): a group's rays share origins
         for r in range(g, end):
             if not valid[r]:
@@ -288,11 +306,18 @@ def _assign(
                 block = np.concatenate((block, np.empty(capacity - len(block), dtype=np.int32)))
                 near_far = np.concatenate((near_far, np.empty((capacity - len(near_far), 2), dtype=np.float32)))
                 background = np.concatenate((background, np.empty(capacity - len(background), dtype=np.bool_)))
+            for a in range(3):
+                inv[a] = np.float32(1.0) / _safe_component(d[r, a])
             k = 0
             first = last = np.float32(np.inf)
             for i in range(c):
                 b = candidates[i]
-                t0, t1 = near_t[i, r - g], far_t[i, r - g]
+                t0, t1 = zero, np.float32(np.inf)
+                for a in range(3):
+                    ta = (outer[b, 0, a] - o[r, a]) * inv[a]
+                    tb = (outer[b, 1, a] - o[r, a]) * inv[a]
+                    t0 = max(t0, min(ta, tb))
+                    t1 = min(t1, max(ta, tb))
                 if t1 > t0 and not (t0 > zero and o[r, 2] + t0 * d[r, 2] < ground[b]):
                     hits[k], t0s[k], t1s[k] = b, t0, t1
                     first = t0 if k == 0 else min(first, t0)
@@ -304,7 +329,7 @@ def _assign(
                     continue
                 if o[r, 0] != under_x or o[r, 1] != under_y:
                     under_of, under_x, under_y = _under(o[r], inner_xy), o[r, 0], o[r, 1]
-                sky_block, sky_t = _sky_block(o[r], d[r], inner_xy, under_of)
+                sky_block, sky_t = _sky_block(o[r], d[r], inner_xy, bounds, under_of)
                 ray[m], block[m], background[m] = r, sky_block, True
                 near_far[m, 0], near_far[m, 1] = sky_t, sky_t
                 m += 1

@@ -98,6 +98,12 @@ def _axis_step(p: float, inv: float, t: float, cell_index: int) -> float:
 
 
 @numba.njit(cache=True, nogil=True)
+def _inverse(value: float) -> float:
+    """1 / value, or 0 for 0 (an axis the ray does not move along)."""
+    return 1.0 / value if value != 0.0 else 0.0
+
+
+@numba.njit(cache=True, nogil=True)
 def _clip(p: float, d: float, size: int, lo_t: float, hi_t: float) -> tuple[float, float]:
     """[lo_t, hi_t] clipped to where the ray p + t d lies in [0, size) on one axis (empty: lo_t > hi_t)."""
     if d == 0.0:
@@ -125,12 +131,14 @@ def march(
     if not t_stop >= t_start:
         return inf
     nx, ny, nz = distance.shape
-    px, py, pz = [(origin[a] - grid_origin[a]) / cell for a in range(3)]
+    px = (origin[0] - grid_origin[0]) / cell
+    py = (origin[1] - grid_origin[1]) / cell
+    pz = (origin[2] - grid_origin[2]) / cell
     dx, dy, dz = np.float64(direction[0]), np.float64(direction[1]), np.float64(direction[2])
     lo_t, hi_t = _clip(px, dx, nx, t_start / cell, t_stop / cell)
     lo_t, hi_t = _clip(py, dy, ny, lo_t, hi_t)
     lo_t, hi_t = _clip(pz, dz, nz, lo_t, hi_t)
-    ix, iy, iz = [1.0 / v if v != 0.0 else 0.0 for v in (dx, dy, dz)]
+    ix, iy, iz = _inverse(dx), _inverse(dy), _inverse(dz)
     t = lo_t
     while t <= hi_t:  # coordinates are >= 0 up to rounding here, so truncation is floor after the clamp
         i = min(max(int(px + t * dx), 0), nx - 1)
