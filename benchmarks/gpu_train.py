@@ -107,7 +107,7 @@ def report(metrics_csv: Path) -> list[tuple[float, int, float | None, float | No
             psnr = float(row["val/psnr"]) if row.get("val/psnr") else None
             rate = float(row["perf/samples_per_second"]) if row.get("perf/samples_per_second") else None
             rows.append((float(row["perf/train_seconds"]), int(row["step"]), psnr, rate))
-    return sorted(rows)
+    return sorted(rows, key=lambda r: (r[0], r[1]))
 
 
 def main() -> int:
