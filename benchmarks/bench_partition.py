@@ -185,7 +185,9 @@ def end_to_end_rows(tmp: Path) -> list[BenchRow]:
         writer.append(sample.take(slice(0, min(len(sample), summary["rays"] - start))))
     writer.close()
     floor_s = time.perf_counter() - started
-    log.info("end to end: %d pixels, %d rays in %.1f s (floor %.1f s)", summary["pixels"], summary["rays"], e2e_s, floor_s)
+    log.info(
+        "end to end: %d pixels, %d rays in %.1f s (floor %.1f s)", summary["pixels"], summary["rays"], e2e_s, floor_s
+    )
     return [
         BenchRow(
             f"rays written/s end to end ({E2E_IMAGES} x {E2E_WIDTH}x{E2E_HEIGHT}, inline, 1 core)",

@@ -14,11 +14,13 @@ those only, and one visibility march per ray (jumping across empty space) serves
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 
+from partitioning import numpy_kernels
+from partitioning.compiled import COMPILED, jit
 from partitioning.voxels import VisibilityGrid, march
 
 #: Direction components smaller than this are treated as this (keeps the slab test finite).
@@ -88,6 +90,13 @@ def nearest_footprint(origins: np.ndarray, dirs: np.ndarray, inner_xy: np.ndarra
     origins = np.ascontiguousarray(origins, dtype=np.float32)
     dirs = np.ascontiguousarray(dirs, dtype=np.float32)
     inner_xy = np.ascontiguousarray(inner_xy, dtype=np.float32)
+    if not COMPILED:
+        return numpy_kernels.nearest_footprint(origins, dirs, inner_xy)
+    return _nearest_footprints(origins, dirs, inner_xy)
+
+
+@jit
+def _nearest_footprints(origins: np.ndarray, dirs: np.ndarray, inner_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     block = np.empty(len(origins), dtype=np.int32)
     t = np.empty(len(origins), dtype=np.float32)
     bounds = _bounds(inner_xy)
@@ -107,7 +116,8 @@ def assign(
     """Assign rays origins, dirs (N, 3) float32 (unit dirs) to blocks; see the module docstring."""
     o = np.ascontiguousarray(origins, dtype=np.float32)
     d = np.ascontiguousarray(dirs, dtype=np.float32)
-    ray, block, near_far, background, invalid, dropped_sky = _assign(
+    kernel = _assign if COMPILED else functools.partial(numpy_kernels.assign_arrays, group=GROUP)
+    ray, block, near_far, background, invalid, dropped_sky = kernel(
         o,
         d,
         np.ascontiguousarray(boxes.outer, dtype=np.float32),
@@ -125,7 +135,7 @@ def assign(
     return Assignment(ray, block, near_far, background, dropped)
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _safe_component(value: np.float32) -> np.float32:
     """A direction component with magnitude at least _TINY (keeps the slab test finite), as `_safe`."""
     if abs(value) < _TINY:
@@ -133,7 +143,7 @@ def _safe_component(value: np.float32) -> np.float32:
     return value
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _under(origin: np.ndarray, inner_xy: np.ndarray) -> int:
     """The first block whose footprint (B, 2, 2) holds the ray origin's ground projection, else -1."""
     for b in range(len(inner_xy)):
@@ -142,7 +152,7 @@ def _under(origin: np.ndarray, inner_xy: np.ndarray) -> int:
     return -1
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _footprint_entry(
     lo_x: float, lo_y: float, hi_x: float, hi_y: float, origin: np.ndarray, inv_x: float, inv_y: float
 ) -> tuple[np.float32, np.float32]:
@@ -152,7 +162,7 @@ def _footprint_entry(
     return max(np.float32(0.0), min(ta, tb), min(tc, td)), min(max(ta, tb), max(tc, td))
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _sky_block(
     origin: np.ndarray, direction: np.ndarray, inner_xy: np.ndarray, bounds: np.ndarray, under: int
 ) -> tuple[int, np.float32]:
@@ -194,7 +204,7 @@ def _sky_block(
     return best, zero
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _bounds(inner_xy: np.ndarray) -> np.ndarray:
     """(2, 2) float32 rectangle holding every footprint (B, 2, 2)."""
     out = np.empty((2, 2), dtype=np.float32)
@@ -204,7 +214,7 @@ def _bounds(inner_xy: np.ndarray) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _reachable(o: np.ndarray, d: np.ndarray, valid: np.ndarray, centre: np.ndarray, radius: np.ndarray) -> np.ndarray:
     """(B,) bool: which boxes (bounding spheres centre (B, 3), radius (B,)) the valid rays of a group o, d
     (n, 3) may cross; a conservative cone test.
@@ -244,7 +254,7 @@ def _reachable(o: np.ndarray, d: np.ndarray, valid: np.ndarray, centre: np.ndarr
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _assign(
     o: np.ndarray,
     d: np.ndarray,

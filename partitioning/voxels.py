@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 from scipy.ndimage import binary_dilation, distance_transform_cdt
+
+from partitioning import numpy_kernels
+from partitioning.compiled import COMPILED, jit
 
 #: (27, 3) offsets of a voxel's 3x3x3 neighbourhood: the one-voxel dilation.
 _NEIGHBOURHOOD = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
@@ -75,7 +77,8 @@ class VisibilityGrid:
         origins, dirs: (N, 3) float32 (unit dirs); t_start, t_stop: (N,). An exact cell traversal that jumps
         across empty space by the distance field; the result is a lower bound on the entry (by 1e-4 cells).
         """
-        return _march_rays(
+        march_all = _march_rays if COMPILED else numpy_kernels.march_rays
+        return march_all(
             np.ascontiguousarray(origins, dtype=np.float32),
             np.ascontiguousarray(dirs, dtype=np.float32),
             np.ascontiguousarray(t_start, dtype=np.float32).reshape(-1),
@@ -86,7 +89,7 @@ class VisibilityGrid:
         )
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _axis_step(p: float, inv: float, t: float, cell_index: int) -> float:
     """Distance along the ray from t to the boundary of cell `cell_index` ahead of it on one axis
     (inv: the inverse direction component, 0 where the component is 0)."""
@@ -97,13 +100,13 @@ def _axis_step(p: float, inv: float, t: float, cell_index: int) -> float:
     return np.inf
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _inverse(value: float) -> float:
     """1 / value, or 0 for 0 (an axis the ray does not move along)."""
     return 1.0 / value if value != 0.0 else 0.0
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _clip(p: float, d: float, size: int, lo_t: float, hi_t: float) -> tuple[float, float]:
     """[lo_t, hi_t] clipped to where the ray p + t d lies in [0, size) on one axis (empty: lo_t > hi_t)."""
     if d == 0.0:
@@ -112,7 +115,7 @@ def _clip(p: float, d: float, size: int, lo_t: float, hi_t: float) -> tuple[floa
     return max(lo_t, min(ta, tb)), min(hi_t, max(ta, tb))
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def march(
     origin: np.ndarray,
     direction: np.ndarray,
@@ -155,7 +158,7 @@ def march(
     return inf
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _march_rays(
     origins: np.ndarray,
     dirs: np.ndarray,

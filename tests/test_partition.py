@@ -33,8 +33,8 @@ from bigscene.store.blocks import (
     read_voxels,
     store_checksum,
 )
-from partitioning import run_partition
-from partitioning.assign import BlockBoxes, assign, slab
+from partitioning import numpy_kernels, run_partition
+from partitioning.assign import GROUP, BlockBoxes, _assign, assign, nearest_footprint, slab
 from partitioning.layout import grid_cells, kd_cells, make_blocks, order_cells
 from partitioning.tasks import FAULT_DIR, FAULT_ENV, SHUFFLE_RUN, shuffle_order
 from partitioning.voxels import Lattice, VisibilityGrid, visibility_grid
@@ -157,6 +157,35 @@ def test_vectorised_assignment_matches_a_per_block_reference() -> None:
     np.testing.assert_allclose(np.array([got[k] for k in expected]), np.array(list(expected.values())), rtol=1e-6)
     sky = found.ray[found.background]
     assert set(sky.tolist()) == set(np.flatnonzero(~crosses.any(axis=1)).tolist())
+
+
+def test_numpy_fallback_gives_the_compiled_results_exactly() -> None:
+    """Machines without numba run partitioning.numpy_kernels: the same pairs, segments and hits, bit for bit."""
+    boxes, grid = city_layout()
+    rng = np.random.default_rng(4)
+    origins = np.repeat(rng.uniform([-2.5, -2.5, 0.3], [2.5, 2.5, 1.5], (10, 3)), 700, axis=0)  # 10 cameras
+    dirs = rng.normal(size=(len(origins), 3)) + [0.0, 0.0, -0.5]  # many rays miss every box (sky)
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    o, d = origins.astype(np.float32), dirs.astype(np.float32)
+    o[5, 0] = np.nan  # an invalid ray
+    grid_args = (grid.distance, grid.origin, np.float32(grid.cell))
+    args = (o, d, boxes.outer, boxes.inner_xy, boxes.ground, *grid_args, np.float32(0.1))
+    for keep_sky in (True, False):
+        compiled = _assign(*args, keep_sky)
+        fallback = numpy_kernels.assign_arrays(*args, keep_sky, group=GROUP)
+        assert compiled[4] == fallback[4] == 1 and compiled[5] == fallback[5]
+        assert len(compiled[0]) > len(o) and compiled[3].sum() > 500 if keep_sky else compiled[5] > 500
+        for got, expected in zip(fallback[:4], compiled[:4], strict=True):
+            np.testing.assert_array_equal(got, expected)
+    o[5, 0] = 0.0
+    start, stop = np.zeros(len(o), np.float32), np.full(len(o), 4.0, np.float32)
+    hits = grid.first_hit(o, d, start, stop)
+    assert np.isfinite(hits).sum() > 500
+    np.testing.assert_array_equal(numpy_kernels.march_rays(o, d, start, stop, *grid_args), hits)
+    for got, expected in zip(
+        numpy_kernels.nearest_footprint(o, d, boxes.inner_xy), nearest_footprint(o, d, boxes.inner_xy), strict=True
+    ):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_first_hit_never_lies_behind_the_surface() -> None:

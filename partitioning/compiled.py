@@ -1,0 +1,23 @@
+"""numba, where installed: the partitioning kernels compile to machine code. Without it (a GPU machine that has
+only torch, say) they stay plain Python functions that nothing calls: `partitioning.assign_numpy` runs instead,
+with the same results, several times slower."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+try:
+    import numba
+except ImportError:
+    numba = None
+
+F = TypeVar("F", bound=Callable)
+
+#: Whether the compiled kernels are available.
+COMPILED = numba is not None
+
+
+def jit(function: F) -> F:
+    """Compile `function` with numba (cached on disk, releasing the GIL) when numba is installed."""
+    return numba.njit(cache=True, nogil=True)(function) if COMPILED else function
