@@ -10,6 +10,7 @@ to the background of the first block whose ground footprint they pass over, with
 One compiled pass over the rays (numba): consecutive rays are grouped (callers pass image tiles, see
 `tile_order`), a cone test per group keeps the few blocks the group can reach, the slab test runs against
 those only, and one visibility march per ray (jumping across empty space) serves every block it crosses.
+Without numba, `partitioning.numpy_kernels` gives the same results, vectorised over rays.
 """
 
 from __future__ import annotations
