@@ -90,7 +90,7 @@ class InlineEngine:
                 log.warning("%s failed (%s); retrying", fn.__name__, err)
 
     def close(self) -> None:
-        pass
+        """Nothing to release: tasks ran in this process."""
 
 
 class RayEngine:

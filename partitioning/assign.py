@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from partitioning import numpy_kernels
 from partitioning.compiled import COMPILED, jit
 from partitioning.voxels import VisibilityGrid, march
 
@@ -92,6 +91,8 @@ def nearest_footprint(origins: np.ndarray, dirs: np.ndarray, inner_xy: np.ndarra
     dirs = np.ascontiguousarray(dirs, dtype=np.float32)
     inner_xy = np.ascontiguousarray(inner_xy, dtype=np.float32)
     if not COMPILED:
+        from partitioning import numpy_kernels  # imports this module: loaded only where it runs
+
         return numpy_kernels.nearest_footprint(origins, dirs, inner_xy)
     return _nearest_footprints(origins, dirs, inner_xy)
 
@@ -117,7 +118,11 @@ def assign(
     """Assign rays origins, dirs (N, 3) float32 (unit dirs) to blocks; see the module docstring."""
     o = np.ascontiguousarray(origins, dtype=np.float32)
     d = np.ascontiguousarray(dirs, dtype=np.float32)
-    kernel = _assign if COMPILED else functools.partial(numpy_kernels.assign_arrays, group=GROUP)
+    kernel = _assign
+    if not COMPILED:
+        from partitioning import numpy_kernels  # imports this module: loaded only where it runs
+
+        kernel = functools.partial(numpy_kernels.assign_arrays, group=GROUP)
     ray, block, near_far, background, invalid, dropped_sky = kernel(
         o,
         d,

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from partitioning.assign import _safe, slab
+from partitioning.voxels import _NUDGE
+
 #: Rays handled at once; bounds the (rays, blocks) temporaries.
 CHUNK_RAYS = 1 << 15
-_TINY = np.float32(1e-12)
-_NUDGE = 1e-4  # as partitioning.voxels
-
-
-def _safe(dirs: np.ndarray) -> np.ndarray:
-    return np.where(np.abs(dirs) < _TINY, np.where(dirs < 0, -_TINY, _TINY), dirs)
 
 
 def march_rays(
@@ -80,14 +77,7 @@ def nearest_footprint(origins: np.ndarray, dirs: np.ndarray, inner_xy: np.ndarra
     block[has] = under.argmax(axis=1)[inverse][has]
     rest = np.flatnonzero(~has)
     if rest.size:
-        inv = np.float32(1.0) / _safe(dirs[rest, :2])  # (R, 2)
-        t0 = np.zeros((rest.size, len(inner_xy)), dtype=np.float32)
-        t1 = np.full_like(t0, np.inf)
-        for axis in range(2):
-            ta = (inner_xy[None, :, 0, axis] - o2[rest, axis, None]) * inv[:, axis, None]  # (R, B)
-            tb = (inner_xy[None, :, 1, axis] - o2[rest, axis, None]) * inv[:, axis, None]
-            np.maximum(t0, np.minimum(ta, tb), out=t0)
-            np.minimum(t1, np.maximum(ta, tb), out=t1)
+        t0, t1 = slab(o2[rest], dirs[rest, :2], inner_xy[:, 0], inner_xy[:, 1])  # (R, B)
         entry = np.where(t1 >= t0, t0, np.inf)
         block[rest] = entry.argmin(axis=1)
         t[rest] = entry[np.arange(rest.size), block[rest]]

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import binary_dilation, distance_transform_cdt
 
-from partitioning import numpy_kernels
 from partitioning.compiled import COMPILED, jit
 
 #: (27, 3) offsets of a voxel's 3x3x3 neighbourhood: the one-voxel dilation.
@@ -77,7 +76,11 @@ class VisibilityGrid:
         origins, dirs: (N, 3) float32 (unit dirs); t_start, t_stop: (N,). An exact cell traversal that jumps
         across empty space by the distance field; the result is a lower bound on the entry (by 1e-4 cells).
         """
-        march_all = _march_rays if COMPILED else numpy_kernels.march_rays
+        march_all = _march_rays
+        if not COMPILED:
+            from partitioning import numpy_kernels  # imports this module: loaded only where it runs
+
+            march_all = numpy_kernels.march_rays
         return march_all(
             np.ascontiguousarray(origins, dtype=np.float32),
             np.ascontiguousarray(dirs, dtype=np.float32),
