@@ -23,9 +23,10 @@ import torch
 from bigscene.errors import InputError
 from bigscene.scene.cameras import Camera, generate_rays
 from bigscene.scene.images import load_image
-from bigscene.store.blocks import Rays, batch_marker_path, rays_path, write_slot
+from bigscene.store.blocks import batch_marker_path, rays_path, write_slot
 from bigscene.store.workspace import join, write_json_atomic
 from partitioning.assign import Assignment, BlockBoxes, assign, tile_order
+from partitioning.shuffle import ImageRays, lay_out
 from partitioning.voxels import VisibilityGrid
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,6 @@ log = logging.getLogger(__name__)
 #: per injected fault, so the retry runs clean and a test can see that the fault fired.
 FAULT_ENV = "BIGSCENE_PARTITION_FAULT"
 FAULT_DIR = "partition_faults"
-#: Rays are shuffled in runs of this many consecutive rays (16 x 4 pixels in tile order): a 64k-ray chunk still
-#: mixes about a thousand patches of every image in the batch, and the gather, 5x faster than a per-ray
-#: shuffle, stays cache-friendly. Training shuffles individual rays again in its buffer.
-SHUFFLE_RUN = 64
 
 
 @dataclass(frozen=True)
@@ -127,7 +124,7 @@ def _load(job: ImageJob, plan: Plan) -> np.ndarray:
 def write_batch(batch: BatchJob, plan: Plan) -> dict:
     """Read, assign and write one batch; returns (and records in the workspace) the batch's marker."""
     num_blocks = len(plan.block_ids)
-    gathered: list[list[Rays]] = [[] for _ in range(num_blocks)]
+    images: list[ImageRays] = []
     background = np.zeros(num_blocks, dtype=np.int64)
     block_images: list[list[int]] = [[] for _ in range(num_blocks)]
     dropped = {"bad_image": 0, "invalid_ray": 0, "sky": 0}
@@ -153,28 +150,16 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
         assigned = np.zeros(count, dtype=bool)
         assigned[found.ray] = True
         assigned_pixels += int(assigned.sum())
-        by_block = np.argsort(found.block, kind="stable")
-        bounds = np.searchsorted(found.block[by_block], np.arange(num_blocks + 1))
-        pixel_xy = pixels.numpy()
-        for b in range(num_blocks):
-            rows = by_block[bounds[b] : bounds[b + 1]]
-            if not rows.size:
-                continue
-            ray = found.ray[rows]
-            gathered[b].append(
-                Rays(
-                    origins[ray], dirs[ray], rgb[ray], found.near_far[rows], np.full(len(ray), job.index), pixel_xy[ray]
-                )
-            )
-            background[b] += int(found.background[rows].sum())
+        background += np.bincount(found.block[found.background], minlength=num_blocks)
+        for b in np.flatnonzero(np.bincount(found.block, minlength=num_blocks)):
             block_images[b].append(job.index)
+        pixel = pixels.numpy().astype(np.uint16)
+        images.append(ImageRays(job.index, origins, dirs, rgb, pixel, found.ray, found.block, found.near_far))
 
-    parts: dict[str, Rays] = {}
-    for b, block_id in enumerate(plan.block_ids):
-        if gathered[b]:
-            rays = Rays.concat(gathered[b])
-            gathered[b] = []
-            parts[block_id] = rays.take(shuffle_order(len(rays), np.random.default_rng([plan.seed, batch.index, b])))
+    seeds = [[plan.seed, batch.index, b] for b in range(num_blocks)]
+    block_rays = lay_out(images, num_blocks, seeds)
+    del images
+    parts = {block_id: rays for block_id, rays in zip(plan.block_ids, block_rays, strict=True) if len(rays)}
     written = write_slot(batch.slot, [(rays_path(plan.workspace, block_id), rays) for block_id, rays in parts.items()])
     _inject_fault(plan, batch.index)
     marker = {
@@ -192,13 +177,6 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
     }
     write_json_atomic(batch_marker_path(plan.workspace, batch.index), marker)
     return marker
-
-
-def shuffle_order(count: int, rng: np.random.Generator) -> np.ndarray:
-    """(count,) int64 permutation moving runs of SHUFFLE_RUN consecutive indices to random places."""
-    runs = rng.permutation(-(-count // SHUFFLE_RUN))
-    order = (runs[:, None] * SHUFFLE_RUN + np.arange(SHUFFLE_RUN)).reshape(-1)
-    return order[order < count]
 
 
 def _inject_fault(plan: Plan, batch: int) -> None:

@@ -26,6 +26,7 @@ from bigscene.store import read_scene, scene_path
 from bigscene.store.blocks import (
     RAY_COLUMNS,
     RayChecksum,
+    Rays,
     block_json_path,
     open_ray_store,
     rays_path,
@@ -33,10 +34,10 @@ from bigscene.store.blocks import (
     read_voxels,
     store_checksum,
 )
-from partitioning import numpy_kernels, run_partition
+from partitioning import numpy_kernels, run_partition, shuffle
 from partitioning.assign import GROUP, BlockBoxes, _assign, assign, nearest_footprint, slab
 from partitioning.layout import grid_cells, kd_cells, make_blocks, order_cells
-from partitioning.tasks import FAULT_DIR, FAULT_ENV, SHUFFLE_RUN, shuffle_order
+from partitioning.tasks import FAULT_DIR, FAULT_ENV
 from partitioning.voxels import Lattice, VisibilityGrid, visibility_grid
 
 OVERRIDES = ["partition.images_per_task=3", "partition.chunk_rays=2048"]
@@ -284,12 +285,56 @@ def test_stored_chunks_mix_the_images_of_a_batch(inline_run: tuple[str, dict]) -
     first_batch = zarr.open_group(rays_path(ws, block_id), mode="r").attrs["segments"][0][1]
     first_chunk = read_rays(rays_path(ws, block_id), 0, min(first_batch, 2048))
     assert len(np.unique(first_chunk.image_id)) == 3  # partition.images_per_task=3
-    count = 10 * SHUFFLE_RUN + 5  # ten whole runs and a short one
-    order = shuffle_order(count, np.random.default_rng(0))
+    count = 10 * shuffle.SHUFFLE_RUN + 5  # ten whole runs and a short one
+    order = shuffle.shuffle_order(count, np.random.default_rng(0))
     assert sorted(order.tolist()) == list(range(count))
-    assert np.array_equal(order, shuffle_order(count, np.random.default_rng(0)))
+    assert np.array_equal(order, shuffle.shuffle_order(count, np.random.default_rng(0)))
     breaks = np.count_nonzero(np.diff(order) != 1)
     assert 1 <= breaks <= 10  # runs of consecutive rays moved as wholes, not left in place
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["numba", "numpy"])
+def test_lay_out_copies_each_ray_to_its_shuffled_row(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One copy per (ray, block) pair gives what joining each block's rays and shuffling them in runs gives."""
+    monkeypatch.setattr(shuffle, "COMPILED", compiled)
+    rng = np.random.default_rng(5)
+    images = []
+    for image_id, n in ((7, 900), (8, 0), (9, 2000)):
+        ray = np.sort(rng.integers(0, max(n, 1), 2 * n))[: int(1.6 * n)]  # pairs in ray order, some rays twice
+        images.append(
+            shuffle.ImageRays(
+                image_id,
+                rng.normal(size=(n, 3)).astype(np.float32),
+                rng.normal(size=(n, 3)).astype(np.float32),
+                rng.integers(0, 256, (n, 3), dtype=np.uint8),
+                rng.integers(0, 1000, (n, 2), dtype=np.uint16),
+                ray,
+                rng.integers(0, 3, len(ray), dtype=np.int32),  # block 3 of 4 gets nothing
+                rng.random((len(ray), 2), dtype=np.float32),
+            )
+        )
+    seeds = [[1, 2, b] for b in range(4)]
+    laid = shuffle.lay_out(images, 4, seeds)
+    assert len(laid[3]) == 0 and sum(len(r) for r in laid) == sum(len(i.ray) for i in images)
+    for b, got in enumerate(laid):
+        parts = []
+        for image in images:
+            pairs = np.flatnonzero(image.block == b)
+            r = image.ray[pairs]
+            parts.append(
+                Rays(
+                    image.origins[r],
+                    image.dirs[r],
+                    image.rgb[r],
+                    image.near_far[pairs],
+                    np.full(len(r), image.image_id),
+                    image.pixel[r],
+                )
+            )
+        joined = Rays.concat(parts)
+        expected = joined.take(shuffle.shuffle_order(len(joined), np.random.default_rng(seeds[b])))
+        for name in RAY_COLUMNS:
+            np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
 
 
 def test_rerun_is_a_no_op_and_outputs_are_written(inline_run: tuple[str, dict]) -> None:
