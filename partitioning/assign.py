@@ -102,8 +102,15 @@ def _nearest_footprints(origins: np.ndarray, dirs: np.ndarray, inner_xy: np.ndar
     block = np.empty(len(origins), dtype=np.int32)
     t = np.empty(len(origins), dtype=np.float32)
     bounds = _bounds(inner_xy)
+    under = nearest = -1
+    x = y = np.nan
     for r in range(len(origins)):
-        block[r], t[r] = _sky_block(origins[r], dirs[r], inner_xy, bounds, _under(origins[r], inner_xy))
+        if origins[r, 0] != x or origins[r, 1] != y:  # rays of one camera share their origin
+            x, y = origins[r, 0], origins[r, 1]
+            under, nearest = _over(origins[r], inner_xy)
+        block[r], t[r] = _sky_block(
+            origins[r, 0], origins[r, 1], dirs[r, 0], dirs[r, 1], inner_xy, bounds, under, nearest
+        )
     return block, t
 
 
@@ -150,64 +157,66 @@ def _safe_component(value: np.float32) -> np.float32:
 
 
 @jit
-def _under(origin: np.ndarray, inner_xy: np.ndarray) -> int:
-    """The first block whose footprint (B, 2, 2) holds the ray origin's ground projection, else -1."""
+def _over(origin: np.ndarray, inner_xy: np.ndarray) -> tuple[int, int]:
+    """For a ray origin: the first block whose footprint (B, 2, 2) holds its ground projection (else -1), and
+    the block whose footprint is nearest to it (the first of equals; that one when it lies over one)."""
+    best, nearest = -1, np.inf
     for b in range(len(inner_xy)):
         if inner_xy[b, 0, 0] <= origin[0] <= inner_xy[b, 1, 0] and inner_xy[b, 0, 1] <= origin[1] <= inner_xy[b, 1, 1]:
-            return b
-    return -1
+            return b, b
+        gap = np.float32(0.0)
+        for a in range(2):
+            g = max(inner_xy[b, 0, a] - origin[a], origin[a] - inner_xy[b, 1, a], np.float32(0.0))
+            gap += g * g
+        if gap < nearest:
+            best, nearest = b, gap
+    return -1, best
 
 
 @jit
 def _footprint_entry(
-    lo_x: float, lo_y: float, hi_x: float, hi_y: float, origin: np.ndarray, inv_x: float, inv_y: float
+    lo_x: float, lo_y: float, hi_x: float, hi_y: float, ox: float, oy: float, inv_x: float, inv_y: float
 ) -> tuple[np.float32, np.float32]:
-    """Entry and exit t (t >= 0) of a ray's ground projection through a rectangle; it crosses where exit >= entry."""
-    ta, tb = (lo_x - origin[0]) * inv_x, (hi_x - origin[0]) * inv_x
-    tc, td = (lo_y - origin[1]) * inv_y, (hi_y - origin[1]) * inv_y
+    """Entry and exit t (t >= 0) of a ray's ground projection, from (ox, oy), through a rectangle; it crosses where
+    exit >= entry."""
+    ta, tb = (lo_x - ox) * inv_x, (hi_x - ox) * inv_x
+    tc, td = (lo_y - oy) * inv_y, (hi_y - oy) * inv_y
     return max(np.float32(0.0), min(ta, tb), min(tc, td)), min(max(ta, tb), max(tc, td))
 
 
 @jit
 def _sky_block(
-    origin: np.ndarray, direction: np.ndarray, inner_xy: np.ndarray, bounds: np.ndarray, under: int
+    ox: float, oy: float, dx: float, dy: float, inner_xy: np.ndarray, bounds: np.ndarray, under: int, nearest: int
 ) -> tuple[int, np.float32]:
-    """`nearest_footprint` for one ray whose origin lies over footprint `under` (-1: over none); bounds (2, 2)
-    is the rectangle holding every footprint."""
+    """`nearest_footprint` for one ray from (ox, oy, .) along (dx, dy, .); `_over` gives its origin's under and
+    nearest blocks, bounds (2, 2) is the rectangle holding every footprint. Scalars, not array views: a call with
+    views would count references."""
     zero = np.float32(0.0)
     if under >= 0:
         return under, zero
-    inv_x, inv_y = np.float32(1.0) / _safe_component(direction[0]), np.float32(1.0) / _safe_component(direction[1])
+    inv_x, inv_y = np.float32(1.0) / _safe_component(dx), np.float32(1.0) / _safe_component(dy)
     best, best_t = -1, np.float32(np.inf)
-    enter, leave = _footprint_entry(bounds[0, 0], bounds[0, 1], bounds[1, 0], bounds[1, 1], origin, inv_x, inv_y)
+    enter, leave = _footprint_entry(bounds[0, 0], bounds[0, 1], bounds[1, 0], bounds[1, 1], ox, oy, inv_x, inv_y)
     if leave >= enter:
         # no footprint is entered before the bounds: the first is one holding the point where the ray enters them
-        px, py = origin[0] + enter * direction[0], origin[1] + enter * direction[1]
+        px, py = ox + enter * dx, oy + enter * dy
         for b in range(len(inner_xy)):
             if inner_xy[b, 0, 0] <= px <= inner_xy[b, 1, 0] and inner_xy[b, 0, 1] <= py <= inner_xy[b, 1, 1]:
                 t0, t1 = _footprint_entry(
-                    inner_xy[b, 0, 0], inner_xy[b, 0, 1], inner_xy[b, 1, 0], inner_xy[b, 1, 1], origin, inv_x, inv_y
+                    inner_xy[b, 0, 0], inner_xy[b, 0, 1], inner_xy[b, 1, 0], inner_xy[b, 1, 1], ox, oy, inv_x, inv_y
                 )
                 if t1 >= t0 and t0 < best_t:
                     best, best_t = b, t0
         if best < 0:  # footprints that leave gaps in the bounds (or rounding at an edge): try every one
             for b in range(len(inner_xy)):
                 t0, t1 = _footprint_entry(
-                    inner_xy[b, 0, 0], inner_xy[b, 0, 1], inner_xy[b, 1, 0], inner_xy[b, 1, 1], origin, inv_x, inv_y
+                    inner_xy[b, 0, 0], inner_xy[b, 0, 1], inner_xy[b, 1, 0], inner_xy[b, 1, 1], ox, oy, inv_x, inv_y
                 )
                 if t1 >= t0 and t0 < best_t:
                     best, best_t = b, t0
         if best >= 0:
             return best, best_t
-    nearest = np.inf
-    for b in range(len(inner_xy)):
-        gap = zero
-        for a in range(2):
-            g = max(inner_xy[b, 0, a] - origin[a], origin[a] - inner_xy[b, 1, a], zero)
-            gap += g * g
-        if gap < nearest:
-            best, nearest = b, gap
-    return best, zero
+    return nearest, zero
 
 
 @jit
@@ -226,7 +235,9 @@ def _reachable(o: np.ndarray, d: np.ndarray, valid: np.ndarray, centre: np.ndarr
     (n, 3) may cross; a conservative cone test.
 
     The rays lie in the cone from their origins' centre, around their mean direction, as wide as the widest
-    ray; a box can be crossed only if its bounding sphere, grown by the origins' spread, meets that cone.
+    ray (half-angle alpha); a box can be crossed only if its bounding sphere, grown by the origins' spread, meets
+    that cone: the angle to the sphere's centre is at most alpha plus the sphere's angular radius beta. Compared
+    as cosines, so no trigonometry: cos(alpha + beta) = cos(alpha) cos(beta) - sin(alpha) sin(beta).
     """
     n = 0
     mx = my = mz = ax = ay = az = 0.0  # origins' centre, directions' sum
@@ -236,28 +247,66 @@ def _reachable(o: np.ndarray, d: np.ndarray, valid: np.ndarray, centre: np.ndarr
             mx, my, mz = mx + o[r, 0], my + o[r, 1], mz + o[r, 2]
             ax, ay, az = ax + d[r, 0], ay + d[r, 1], az + d[r, 2]
     mx, my, mz = mx / n, my / n, mz / n
-    spread = 0.0
-    for r in range(len(o)):
-        if valid[r]:
-            spread = max(spread, np.sqrt((o[r, 0] - mx) ** 2 + (o[r, 1] - my) ** 2 + (o[r, 2] - mz) ** 2))
     length = np.sqrt(ax * ax + ay * ay + az * az)
     scale = 1.0 / max(length, 1e-12)
     ax, ay, az = ax * scale, ay * scale, az * scale
-    alpha = np.pi  # half-angle
-    if length > 1e-3:
-        cos_alpha = 1.0
-        for r in range(len(o)):
-            if valid[r]:
-                cos_alpha = min(cos_alpha, d[r, 0] * ax + d[r, 1] * ay + d[r, 2] * az)
-        alpha = np.arccos(min(max(cos_alpha, -1.0), 1.0))
+    spread_sq, cos_alpha = 0.0, 1.0
+    for r in range(len(o)):
+        if valid[r]:
+            spread_sq = max(spread_sq, (o[r, 0] - mx) ** 2 + (o[r, 1] - my) ** 2 + (o[r, 2] - mz) ** 2)
+            cos_alpha = min(cos_alpha, d[r, 0] * ax + d[r, 1] * ay + d[r, 2] * az)
+    if length <= 1e-3:  # directions that cancel out: no axis, the cone is all space
+        cos_alpha = -1.0
+    cos_alpha = min(max(cos_alpha, -1.0), 1.0)
+    sin_alpha = np.sqrt(1.0 - cos_alpha * cos_alpha)
+    spread = np.sqrt(spread_sq)
     out = np.empty(len(radius), dtype=np.bool_)
     for b in range(len(radius)):
         tx, ty, tz = centre[b, 0] - mx, centre[b, 1] - my, centre[b, 2] - mz
-        dist = max(np.sqrt(tx * tx + ty * ty + tz * tz), 1e-12)
+        dist = np.sqrt(tx * tx + ty * ty + tz * tz)
         grown = radius[b] + spread
-        theta = np.arccos(min(max((tx * ax + ty * ay + tz * az) / dist, -1.0), 1.0))
-        out[b] = dist <= grown or theta <= alpha + np.arcsin(min(grown / dist, 1.0)) + 1e-6
+        if dist <= grown:
+            out[b] = True
+            continue
+        sin_beta = grown / dist
+        cos_beta = np.sqrt(1.0 - sin_beta * sin_beta)
+        if cos_alpha <= -cos_beta:  # alpha + beta >= pi
+            out[b] = True
+            continue
+        cos_theta = (tx * ax + ty * ay + tz * az) / dist
+        out[b] = cos_theta >= cos_alpha * cos_beta - sin_alpha * sin_beta - 1e-6
     return out
+
+
+@jit
+def _slab_lanes(
+    box: np.ndarray,
+    ground: np.float32,
+    ox: np.ndarray,
+    oy: np.ndarray,
+    oz: np.ndarray,
+    ix: np.ndarray,
+    iy: np.ndarray,
+    iz: np.ndarray,
+    dz: np.ndarray,
+    size: int,
+    t0s: np.ndarray,
+    t1s: np.ndarray,
+    crosses: np.ndarray,
+) -> None:
+    """The slab test of rays [0, size) (origins ox, oy, oz, inverse directions ix, iy, iz, dz the direction's z)
+    against one box (2, 3): entry t0s, exit t1s (t >= 0), and whether each ray crosses it without entering
+    from under its ground. Branch-free over rays, so it compiles to SIMD."""
+    zero = np.float32(0.0)
+    lo_x, lo_y, lo_z, hi_x, hi_y, hi_z = box[0, 0], box[0, 1], box[0, 2], box[1, 0], box[1, 1], box[1, 2]
+    for j in range(size):
+        ta, tb = (lo_x - ox[j]) * ix[j], (hi_x - ox[j]) * ix[j]
+        tc, td = (lo_y - oy[j]) * iy[j], (hi_y - oy[j]) * iy[j]
+        te, tf = (lo_z - oz[j]) * iz[j], (hi_z - oz[j]) * iz[j]
+        t0 = max(max(max(zero, min(ta, tb)), min(tc, td)), min(te, tf))
+        t1 = min(min(max(ta, tb), max(tc, td)), max(te, tf))
+        t0s[j], t1s[j] = t0, t1
+        crosses[j] = (t1 > t0) & ((t0 <= zero) | (oz[j] + t0 * dz[j] >= ground))
 
 
 @jit
@@ -296,11 +345,14 @@ def _assign(
     near_far = np.empty((capacity, 2), dtype=np.float32)
     background = np.empty(capacity, dtype=np.bool_)
     candidates = np.empty(num_boxes, dtype=np.int64)
-    t0s = np.empty(num_boxes, dtype=np.float32)
-    t1s = np.empty(num_boxes, dtype=np.float32)
-    hits = np.empty(num_boxes, dtype=np.int64)
-    inv = np.empty(3, dtype=np.float32)
-    zero = np.float32(0.0)
+    # a group's rays, one array per coordinate, so the slab test runs over rays in SIMD lanes
+    ox, oy, oz = np.empty(GROUP, np.float32), np.empty(GROUP, np.float32), np.empty(GROUP, np.float32)
+    ix, iy, iz = np.empty(GROUP, np.float32), np.empty(GROUP, np.float32), np.empty(GROUP, np.float32)
+    dz = np.empty(GROUP, np.float32)
+    t0s = np.empty((num_boxes, GROUP), np.float32)  # (candidate, ray) entry and exit
+    t1s = np.empty((num_boxes, GROUP), np.float32)
+    crosses = np.empty((num_boxes, GROUP), np.bool_)
+    inf = np.float32(np.inf)
     m = dropped_sky = 0
     for g in range(0, n, GROUP):
         end = min(n, g + GROUP)
@@ -312,8 +364,19 @@ def _assign(
             if reach[b]:
                 candidates[c] = b
                 c += 1
-        under_of, under_x, under_y = -1, np.nan, np.nan  # footprint under (x, y): a group's rays share origins
-        for r in range(g, end):
+        size = end - g
+        for j in range(size):
+            r = g + j
+            ox[j], oy[j], oz[j], dz[j] = o[r, 0], o[r, 1], o[r, 2], d[r, 2]
+            ix[j] = np.float32(1.0) / _safe_component(d[r, 0])
+            iy[j] = np.float32(1.0) / _safe_component(d[r, 1])
+            iz[j] = np.float32(1.0) / _safe_component(d[r, 2])
+        for i in range(c):
+            _slab_lanes(outer[candidates[i]], ground[candidates[i]], ox, oy, oz, ix, iy, iz, dz, size,
+                        t0s[i], t1s[i], crosses[i])  # fmt: skip
+        under, nearest, x, y = -1, -1, np.nan, np.nan  # `_over` the origin (x, y): a group's rays share origins
+        for j in range(size):
+            r = g + j
             if not valid[r]:
                 continue
             if m + num_boxes > capacity:
@@ -322,40 +385,43 @@ def _assign(
                 block = np.concatenate((block, np.empty(capacity - len(block), dtype=np.int32)))
                 near_far = np.concatenate((near_far, np.empty((capacity - len(near_far), 2), dtype=np.float32)))
                 background = np.concatenate((background, np.empty(capacity - len(background), dtype=np.bool_)))
-            for a in range(3):
-                inv[a] = np.float32(1.0) / _safe_component(d[r, a])
             k = 0
-            first = last = np.float32(np.inf)
+            first, last = inf, -inf
             for i in range(c):
-                b = candidates[i]
-                t0, t1 = zero, np.float32(np.inf)
-                for a in range(3):
-                    ta = (outer[b, 0, a] - o[r, a]) * inv[a]
-                    tb = (outer[b, 1, a] - o[r, a]) * inv[a]
-                    t0 = max(t0, min(ta, tb))
-                    t1 = min(t1, max(ta, tb))
-                if t1 > t0 and not (t0 > zero and o[r, 2] + t0 * d[r, 2] < ground[b]):
-                    hits[k], t0s[k], t1s[k] = b, t0, t1
-                    first = t0 if k == 0 else min(first, t0)
-                    last = t0 if k == 0 else max(last, t0)
+                if crosses[i, j]:
                     k += 1
+                    first = min(first, t0s[i, j])
+                    last = max(last, t0s[i, j])
             if k == 0:  # sky
                 if not keep_sky:
                     dropped_sky += 1
                     continue
-                if o[r, 0] != under_x or o[r, 1] != under_y:
-                    under_of, under_x, under_y = _under(o[r], inner_xy), o[r, 0], o[r, 1]
-                sky_block, sky_t = _sky_block(o[r], d[r], inner_xy, bounds, under_of)
+                if o[r, 0] != x or o[r, 1] != y:
+                    x, y = o[r, 0], o[r, 1]
+                    under, nearest = _over(o[r], inner_xy)
+                sky_block, sky_t = _sky_block(o[r, 0], o[r, 1], d[r, 0], d[r, 1], inner_xy, bounds, under, nearest)
                 ray[m], block[m], background[m] = r, sky_block, True
                 near_far[m, 0], near_far[m, 1] = sky_t, sky_t
                 m += 1
                 continue
-            seen = np.float32(np.inf)
+            seen = inf
             if k >= 2:
-                seen = march(o[r], d[r], first, last - margin, distance, grid_origin, cell) + margin
-            for i in range(k):
-                if t0s[i] <= seen:
-                    ray[m], block[m], background[m] = r, hits[i], False
-                    near_far[m, 0], near_far[m, 1] = t0s[i], t1s[i]
+                seen = margin + march(
+                    o[r, 0],
+                    o[r, 1],
+                    o[r, 2],
+                    d[r, 0],
+                    d[r, 1],
+                    d[r, 2],
+                    first,
+                    last - margin,
+                    distance,
+                    grid_origin,
+                    cell,
+                )
+            for i in range(c):
+                if crosses[i, j] and t0s[i, j] <= seen:
+                    ray[m], block[m], background[m] = r, candidates[i], False
+                    near_far[m, 0], near_far[m, 1] = t0s[i, j], t1s[i, j]
                     m += 1
     return ray[:m].copy(), block[:m].copy(), near_far[:m].copy(), background[:m].copy(), n - valid.sum(), dropped_sky

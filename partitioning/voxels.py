@@ -120,15 +120,20 @@ def _clip(p: float, d: float, size: int, lo_t: float, hi_t: float) -> tuple[floa
 
 @jit
 def march(
-    origin: np.ndarray,
-    direction: np.ndarray,
+    ox: float,
+    oy: float,
+    oz: float,
+    dx: float,
+    dy: float,
+    dz: float,
     t_start: float,
     t_stop: float,
     distance: np.ndarray,
     grid_origin: np.ndarray,
     cell: float,
 ) -> np.float32:
-    """One ray's first occupied cell entry in [t_start, t_stop] (float32, inf if none); see `first_hit`.
+    """The first occupied cell entry in [t_start, t_stop] (float32, inf if none) of one ray from (ox, oy, oz) along
+    (dx, dy, dz); see `first_hit`. Scalars, not array views: a call with views would count references.
 
     Works in cell units: in a cell at chessboard distance k >= 2 from the surface, every point within k - 1
     cells (in any norm) is empty, so the ray jumps k - 1; otherwise it steps to the next cell boundary.
@@ -137,10 +142,10 @@ def march(
     if not t_stop >= t_start:
         return inf
     nx, ny, nz = distance.shape
-    px = (origin[0] - grid_origin[0]) / cell
-    py = (origin[1] - grid_origin[1]) / cell
-    pz = (origin[2] - grid_origin[2]) / cell
-    dx, dy, dz = np.float64(direction[0]), np.float64(direction[1]), np.float64(direction[2])
+    px = (ox - grid_origin[0]) / cell
+    py = (oy - grid_origin[1]) / cell
+    pz = (oz - grid_origin[2]) / cell
+    dx, dy, dz = np.float64(dx), np.float64(dy), np.float64(dz)
     lo_t, hi_t = _clip(px, dx, nx, t_start / cell, t_stop / cell)
     lo_t, hi_t = _clip(py, dy, ny, lo_t, hi_t)
     lo_t, hi_t = _clip(pz, dz, nz, lo_t, hi_t)
@@ -173,7 +178,8 @@ def _march_rays(
 ) -> np.ndarray:
     out = np.empty(len(origins), dtype=np.float32)
     for r in range(len(origins)):
-        out[r] = march(origins[r], dirs[r], t_start[r], t_stop[r], distance, grid_origin, cell)
+        o, d = origins[r], dirs[r]
+        out[r] = march(o[0], o[1], o[2], d[0], d[1], d[2], t_start[r], t_stop[r], distance, grid_origin, cell)
     return out
 
 
