@@ -374,17 +374,17 @@ def _assign(
         for i in range(c):
             _slab_lanes(outer[candidates[i]], ground[candidates[i]], ox, oy, oz, ix, iy, iz, dz, size,
                         t0s[i], t1s[i], crosses[i])  # fmt: skip
+        if m + size * max(c, 1) > capacity:  # a ray gives at most one pair per candidate, or one sky pair
+            capacity = 2 * capacity + size * max(c, 1)
+            ray = np.concatenate((ray, np.empty(capacity - len(ray), dtype=np.int64)))
+            block = np.concatenate((block, np.empty(capacity - len(block), dtype=np.int32)))
+            near_far = np.concatenate((near_far, np.empty((capacity - len(near_far), 2), dtype=np.float32)))
+            background = np.concatenate((background, np.empty(capacity - len(background), dtype=np.bool_)))
         under, nearest, x, y = -1, -1, np.nan, np.nan  # `_over` the origin (x, y): a group's rays share origins
         for j in range(size):
             r = g + j
             if not valid[r]:
                 continue
-            if m + num_boxes > capacity:
-                capacity = 2 * capacity + num_boxes
-                ray = np.concatenate((ray, np.empty(capacity - len(ray), dtype=np.int64)))
-                block = np.concatenate((block, np.empty(capacity - len(block), dtype=np.int32)))
-                near_far = np.concatenate((near_far, np.empty((capacity - len(near_far), 2), dtype=np.float32)))
-                background = np.concatenate((background, np.empty(capacity - len(background), dtype=np.bool_)))
             k = 0
             first, last = inf, -inf
             for i in range(c):

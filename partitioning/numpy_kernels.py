@@ -41,6 +41,7 @@ def march_rays(
             lo = np.where(still, lo, np.maximum(lo, np.minimum(ta, tb)))
             hi = np.where(still, hi, np.minimum(hi, np.maximum(ta, tb)))
         inv = np.where(d != 0.0, 1.0 / d, 0.0)  # (N, 3)
+    reach = 1.0 / np.maximum(np.abs(d).max(axis=1), 1e-12)  # (N,) t per cell along the largest axis
     t = lo.copy()
     active = np.flatnonzero(ok & (hi >= lo))
     upper = np.array(distance.shape) - 1
@@ -52,7 +53,7 @@ def march_rays(
         done = active[hit]
         out[done] = (np.maximum(ta[hit] - _NUDGE, lo[done]) * np.float64(cell)).astype(np.float32)
         jump = far >= 2
-        t[active[jump]] += far[jump].astype(np.int64) - 1
+        t[active[jump]] += (far[jump].astype(np.int64) - 1) * reach[active[jump]]
         walk = ~hit & ~jump
         rows = active[walk]
         with np.errstate(invalid="ignore"):

@@ -136,7 +136,8 @@ def march(
     (dx, dy, dz); see `first_hit`. Scalars, not array views: a call with views would count references.
 
     Works in cell units: in a cell at chessboard distance k >= 2 from the surface, every point within k - 1
-    cells (in any norm) is empty, so the ray jumps k - 1; otherwise it steps to the next cell boundary.
+    cells on every axis is empty, so the ray jumps until it has moved k - 1 cells along its largest axis;
+    otherwise it steps to the next cell boundary.
     """
     inf = np.float32(np.inf)
     if not t_stop >= t_start:
@@ -150,6 +151,7 @@ def march(
     lo_t, hi_t = _clip(py, dy, ny, lo_t, hi_t)
     lo_t, hi_t = _clip(pz, dz, nz, lo_t, hi_t)
     ix, iy, iz = _inverse(dx), _inverse(dy), _inverse(dz)
+    reach = 1.0 / max(abs(dx), abs(dy), abs(dz), 1e-12)  # t per cell moved along the direction's largest axis
     t = lo_t
     while t <= hi_t:  # coordinates are >= 0 up to rounding here, so truncation is floor after the clamp
         i = min(max(int(px + t * dx), 0), nx - 1)
@@ -159,7 +161,7 @@ def march(
         if far == 0:
             return np.float32(max(t - _NUDGE, lo_t) * cell)
         if far >= 2:
-            t += far - 1
+            t += (far - 1) * reach
         else:
             step = min(_axis_step(px, ix, t, i), _axis_step(py, iy, t, j), _axis_step(pz, iz, t, k))
             t += max(step, 0.0) + _NUDGE
