@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from partitioning.compiled import COMPILED, jit
-from partitioning.voxels import VisibilityGrid, march
+from partitioning.voxels import MARCH_STATE, VisibilityGrid, march
 
 #: Direction components smaller than this are treated as this (keeps the slab test finite).
 _TINY = np.float32(1e-12)
@@ -352,6 +352,9 @@ def _assign(
     t0s = np.empty((num_boxes, GROUP), np.float32)  # (candidate, ray) entry and exit
     t1s = np.empty((num_boxes, GROUP), np.float32)
     crosses = np.empty((num_boxes, GROUP), np.bool_)
+    crossed = np.empty(GROUP, np.int64)  # per ray: boxes crossed
+    rows, t_start, t_stop = np.empty(GROUP, np.int64), np.empty(GROUP, np.float32), np.empty(GROUP, np.float32)
+    hits, state, active = np.empty(GROUP, np.float32), np.empty((GROUP, MARCH_STATE)), np.empty(GROUP, np.int64)
     inf = np.float32(np.inf)
     m = dropped_sky = 0
     for g in range(0, n, GROUP):
@@ -372,27 +375,36 @@ def _assign(
             iy[j] = np.float32(1.0) / _safe_component(d[r, 1])
             iz[j] = np.float32(1.0) / _safe_component(d[r, 2])
         for i in range(c):
-            _slab_lanes(outer[candidates[i]], ground[candidates[i]], ox, oy, oz, ix, iy, iz, dz, size,
-                        t0s[i], t1s[i], crosses[i])  # fmt: skip
+            b = candidates[i]
+            _slab_lanes(outer[b], ground[b], ox, oy, oz, ix, iy, iz, dz, size, t0s[i], t1s[i], crosses[i])
         if m + size * max(c, 1) > capacity:  # a ray gives at most one pair per candidate, or one sky pair
             capacity = 2 * capacity + size * max(c, 1)
             ray = np.concatenate((ray, np.empty(capacity - len(ray), dtype=np.int64)))
             block = np.concatenate((block, np.empty(capacity - len(block), dtype=np.int32)))
             near_far = np.concatenate((near_far, np.empty((capacity - len(near_far), 2), dtype=np.float32)))
             background = np.concatenate((background, np.empty(capacity - len(background), dtype=np.bool_)))
+        queued = 0  # rays crossing several boxes, marched together: the visibility of the later ones
+        for j in range(size):
+            crossed[j] = 0
+            if not valid[g + j]:
+                continue
+            first, last = inf, -inf
+            for i in range(c):
+                if crosses[i, j]:
+                    crossed[j] += 1
+                    first = min(first, t0s[i, j])
+                    last = max(last, t0s[i, j])
+            if crossed[j] >= 2:
+                rows[queued], t_start[queued], t_stop[queued] = g + j, first, last - margin
+                queued += 1
+        march(o, d, rows, t_start, t_stop, queued, distance, grid_origin, cell, hits, state, active)
+        queued = 0
         under, nearest, x, y = -1, -1, np.nan, np.nan  # `_over` the origin (x, y): a group's rays share origins
         for j in range(size):
             r = g + j
             if not valid[r]:
                 continue
-            k = 0
-            first, last = inf, -inf
-            for i in range(c):
-                if crosses[i, j]:
-                    k += 1
-                    first = min(first, t0s[i, j])
-                    last = max(last, t0s[i, j])
-            if k == 0:  # sky
+            if crossed[j] == 0:  # sky
                 if not keep_sky:
                     dropped_sky += 1
                     continue
@@ -405,20 +417,9 @@ def _assign(
                 m += 1
                 continue
             seen = inf
-            if k >= 2:
-                seen = margin + march(
-                    o[r, 0],
-                    o[r, 1],
-                    o[r, 2],
-                    d[r, 0],
-                    d[r, 1],
-                    d[r, 2],
-                    first,
-                    last - margin,
-                    distance,
-                    grid_origin,
-                    cell,
-                )
+            if crossed[j] >= 2:
+                seen = hits[queued] + margin
+                queued += 1
             for i in range(c):
                 if crosses[i, j] and t0s[i, j] <= seen:
                     ray[m], block[m], background[m] = r, candidates[i], False

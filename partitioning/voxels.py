@@ -118,54 +118,86 @@ def _clip(p: float, d: float, size: int, lo_t: float, hi_t: float) -> tuple[floa
     return max(lo_t, min(ta, tb)), min(hi_t, max(ta, tb))
 
 
+#: Columns of `march`'s per-ray state: position p and direction d (cells), inverse direction, t per cell along the
+#: largest axis, the clipped range [lo, hi] and the current t.
+_PX, _PY, _PZ, _DX, _DY, _DZ, _IX, _IY, _IZ, _REACH, _LO, _HI, _T = range(13)
+MARCH_STATE = 13
+
+
 @jit
 def march(
-    ox: float,
-    oy: float,
-    oz: float,
-    dx: float,
-    dy: float,
-    dz: float,
-    t_start: float,
-    t_stop: float,
+    origins: np.ndarray,
+    dirs: np.ndarray,
+    rows: np.ndarray,
+    t_start: np.ndarray,
+    t_stop: np.ndarray,
+    count: int,
     distance: np.ndarray,
     grid_origin: np.ndarray,
     cell: float,
-) -> np.float32:
-    """The first occupied cell entry in [t_start, t_stop] (float32, inf if none) of one ray from (ox, oy, oz) along
-    (dx, dy, dz); see `first_hit`. Scalars, not array views: a call with views would count references.
+    out: np.ndarray,
+    state: np.ndarray,
+    active: np.ndarray,
+) -> None:
+    """For q < count: out[q] = the first occupied cell entry in [t_start[q], t_stop[q]] (float32, inf if none) of
+    ray rows[q] of origins, dirs (N, 3); see `first_hit`. state (count, MARCH_STATE) float64 and active (count,)
+    int64 are scratch.
 
     Works in cell units: in a cell at chessboard distance k >= 2 from the surface, every point within k - 1
     cells on every axis is empty, so the ray jumps until it has moved k - 1 cells along its largest axis;
-    otherwise it steps to the next cell boundary.
+    otherwise it steps to the next cell boundary. The rays take their steps in turn, so that one ray's wait for
+    memory overlaps the others' work.
     """
-    inf = np.float32(np.inf)
-    if not t_stop >= t_start:
-        return inf
     nx, ny, nz = distance.shape
-    px = (ox - grid_origin[0]) / cell
-    py = (oy - grid_origin[1]) / cell
-    pz = (oz - grid_origin[2]) / cell
-    dx, dy, dz = np.float64(dx), np.float64(dy), np.float64(dz)
-    lo_t, hi_t = _clip(px, dx, nx, t_start / cell, t_stop / cell)
-    lo_t, hi_t = _clip(py, dy, ny, lo_t, hi_t)
-    lo_t, hi_t = _clip(pz, dz, nz, lo_t, hi_t)
-    ix, iy, iz = _inverse(dx), _inverse(dy), _inverse(dz)
-    reach = 1.0 / max(abs(dx), abs(dy), abs(dz), 1e-12)  # t per cell moved along the direction's largest axis
-    t = lo_t
-    while t <= hi_t:  # coordinates are >= 0 up to rounding here, so truncation is floor after the clamp
-        i = min(max(int(px + t * dx), 0), nx - 1)
-        j = min(max(int(py + t * dy), 0), ny - 1)
-        k = min(max(int(pz + t * dz), 0), nz - 1)
-        far = distance[i, j, k]
-        if far == 0:
-            return np.float32(max(t - _NUDGE, lo_t) * cell)
-        if far >= 2:
-            t += (far - 1) * reach
-        else:
-            step = min(_axis_step(px, ix, t, i), _axis_step(py, iy, t, j), _axis_step(pz, iz, t, k))
-            t += max(step, 0.0) + _NUDGE
-    return inf
+    live = 0
+    for q in range(count):
+        out[q] = np.inf
+        if not t_stop[q] >= t_start[q]:
+            continue
+        r = rows[q]
+        px = (origins[r, 0] - grid_origin[0]) / cell
+        py = (origins[r, 1] - grid_origin[1]) / cell
+        pz = (origins[r, 2] - grid_origin[2]) / cell
+        dx, dy, dz = np.float64(dirs[r, 0]), np.float64(dirs[r, 1]), np.float64(dirs[r, 2])
+        lo_t, hi_t = _clip(px, dx, nx, t_start[q] / cell, t_stop[q] / cell)
+        lo_t, hi_t = _clip(py, dy, ny, lo_t, hi_t)
+        lo_t, hi_t = _clip(pz, dz, nz, lo_t, hi_t)
+        if not lo_t <= hi_t:
+            continue
+        state[q, _PX], state[q, _PY], state[q, _PZ] = px, py, pz
+        state[q, _DX], state[q, _DY], state[q, _DZ] = dx, dy, dz
+        state[q, _IX], state[q, _IY], state[q, _IZ] = _inverse(dx), _inverse(dy), _inverse(dz)
+        state[q, _REACH] = 1.0 / max(abs(dx), abs(dy), abs(dz), 1e-12)
+        state[q, _LO], state[q, _HI], state[q, _T] = lo_t, hi_t, lo_t
+        active[live] = q
+        live += 1
+    while live:
+        kept = 0
+        for a in range(live):
+            q = active[a]
+            px, py, pz, t = state[q, _PX], state[q, _PY], state[q, _PZ], state[q, _T]
+            # coordinates are >= 0 up to rounding here, so truncation is floor after the clamp
+            i = min(max(int(px + t * state[q, _DX]), 0), nx - 1)
+            j = min(max(int(py + t * state[q, _DY]), 0), ny - 1)
+            k = min(max(int(pz + t * state[q, _DZ]), 0), nz - 1)
+            far = distance[i, j, k]
+            if far == 0:
+                out[q] = np.float32(max(t - _NUDGE, state[q, _LO]) * cell)
+                continue
+            if far >= 2:
+                t += (far - 1) * state[q, _REACH]
+            else:
+                step = min(
+                    _axis_step(px, state[q, _IX], t, i),
+                    _axis_step(py, state[q, _IY], t, j),
+                    _axis_step(pz, state[q, _IZ], t, k),
+                )
+                t += max(step, 0.0) + _NUDGE
+            if t <= state[q, _HI]:
+                state[q, _T] = t
+                active[kept] = q
+                kept += 1
+        live = kept
 
 
 @jit
@@ -178,10 +210,29 @@ def _march_rays(
     grid_origin: np.ndarray,
     cell: np.float32,
 ) -> np.ndarray:
-    out = np.empty(len(origins), dtype=np.float32)
-    for r in range(len(origins)):
-        o, d = origins[r], dirs[r]
-        out[r] = march(o[0], o[1], o[2], d[0], d[1], d[2], t_start[r], t_stop[r], distance, grid_origin, cell)
+    n = len(origins)
+    out = np.empty(n, dtype=np.float32)
+    rows = np.arange(n)
+    chunk = 256  # rays marched together: enough to overlap their memory waits, few to stay in cache
+    state = np.empty((chunk, MARCH_STATE))
+    active = np.empty(chunk, dtype=np.int64)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        span = slice(start, stop)
+        march(
+            origins,
+            dirs,
+            rows[span],
+            t_start[span],
+            t_stop[span],
+            stop - start,
+            distance,
+            grid_origin,
+            cell,
+            out[span],
+            state,
+            active,
+        )
     return out
 
 
