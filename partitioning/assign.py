@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from partitioning.compiled import COMPILED, jit
+from partitioning.compiled import COMPILED, inlined, jit
 from partitioning.voxels import MARCH_STATE, VisibilityGrid, march
 
 #: Direction components smaller than this are treated as this (keeps the slab test finite).
@@ -148,7 +148,7 @@ def assign(
     return Assignment(ray, block, near_far, background, dropped)
 
 
-@jit
+@inlined
 def _safe_component(value: np.float32) -> np.float32:
     """A direction component with magnitude at least _TINY (keeps the slab test finite), as `_safe`."""
     if abs(value) < _TINY:
@@ -156,7 +156,7 @@ def _safe_component(value: np.float32) -> np.float32:
     return value
 
 
-@jit
+@inlined
 def _over(origin: np.ndarray, inner_xy: np.ndarray) -> tuple[int, int]:
     """For a ray origin: the first block whose footprint (B, 2, 2) holds its ground projection (else -1), and
     the block whose footprint is nearest to it (the first of equals; that one when it lies over one)."""
@@ -173,7 +173,7 @@ def _over(origin: np.ndarray, inner_xy: np.ndarray) -> tuple[int, int]:
     return -1, best
 
 
-@jit
+@inlined
 def _footprint_entry(
     lo_x: float, lo_y: float, hi_x: float, hi_y: float, ox: float, oy: float, inv_x: float, inv_y: float
 ) -> tuple[np.float32, np.float32]:
@@ -184,7 +184,7 @@ def _footprint_entry(
     return max(np.float32(0.0), min(ta, tb), min(tc, td)), min(max(ta, tb), max(tc, td))
 
 
-@jit
+@inlined
 def _sky_block(
     ox: float, oy: float, dx: float, dy: float, inner_xy: np.ndarray, bounds: np.ndarray, under: int, nearest: int
 ) -> tuple[int, np.float32]:
@@ -229,7 +229,7 @@ def _bounds(inner_xy: np.ndarray) -> np.ndarray:
     return out
 
 
-@jit
+@inlined
 def _reachable(o: np.ndarray, d: np.ndarray, valid: np.ndarray, centre: np.ndarray, radius: np.ndarray) -> np.ndarray:
     """(B,) bool: which boxes (bounding spheres centre (B, 3), radius (B,)) the valid rays of a group o, d
     (n, 3) may cross; a conservative cone test.
@@ -278,7 +278,7 @@ def _reachable(o: np.ndarray, d: np.ndarray, valid: np.ndarray, centre: np.ndarr
     return out
 
 
-@jit
+@inlined
 def _slab_lanes(
     box: np.ndarray,
     ground: np.float32,
@@ -335,10 +335,11 @@ def _assign(
             size += (np.float64(outer[b, 1, a]) - outer[b, 0, a]) ** 2
         radius[b] = 0.5 * np.sqrt(size)
     valid = np.empty(n, dtype=np.bool_)
-    for r in range(n):
-        valid[r] = True
-        for a in range(3):
-            valid[r] &= np.isfinite(o[r, a]) and np.isfinite(d[r, a])
+    zero = np.float32(0.0)
+    for r in range(n):  # x * 0 is 0 for finite x, nan for inf and nan: a branch-free finiteness test
+        valid[r] = (
+            o[r, 0] * zero + o[r, 1] * zero + o[r, 2] * zero + d[r, 0] * zero + d[r, 1] * zero + d[r, 2] * zero == zero
+        )
     capacity = 2 * n + 16
     ray = np.empty(capacity, dtype=np.int64)
     block = np.empty(capacity, dtype=np.int32)
@@ -411,7 +412,9 @@ def _assign(
                 if o[r, 0] != x or o[r, 1] != y:
                     x, y = o[r, 0], o[r, 1]
                     under, nearest = _over(o[r], inner_xy)
-                sky_block, sky_t = _sky_block(o[r, 0], o[r, 1], d[r, 0], d[r, 1], inner_xy, bounds, under, nearest)
+                sky_block, sky_t = under, np.float32(0.0)
+                if under < 0:
+                    sky_block, sky_t = _sky_block(o[r, 0], o[r, 1], d[r, 0], d[r, 1], inner_xy, bounds, under, nearest)
                 ray[m], block[m], background[m] = r, sky_block, True
                 near_far[m, 0], near_far[m, 1] = sky_t, sky_t
                 m += 1
@@ -425,4 +428,4 @@ def _assign(
                     ray[m], block[m], background[m] = r, candidates[i], False
                     near_far[m, 0], near_far[m, 1] = t0s[i, j], t1s[i, j]
                     m += 1
-    return ray[:m].copy(), block[:m].copy(), near_far[:m].copy(), background[:m].copy(), n - valid.sum(), dropped_sky
+    return ray[:m], block[:m], near_far[:m], background[:m], n - valid.sum(), dropped_sky
