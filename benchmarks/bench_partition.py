@@ -131,8 +131,8 @@ def assignment_rows() -> list[BenchRow]:
             best = min(best, time.perf_counter() - started)
         return best, out
 
-    fast_s, found = best_of(lambda: assign(o, d, boxes, grid, MARGIN))
-    slow_s, expected = best_of(lambda: per_block_loop(o, d, boxes, grid), repeats=1)
+    fast_s, found = best_of(lambda: assign(o, d, boxes, grid, MARGIN), repeats=7)
+    slow_s, expected = best_of(lambda: per_block_loop(o, d, boxes, grid), repeats=2)
     if set(zip(found.ray.tolist(), found.block.tolist(), strict=True)) != expected:
         raise AssertionError("compiled assignment disagrees with the per-block loop")
     n = len(o)
