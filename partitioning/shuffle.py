@@ -57,41 +57,68 @@ class ImageRays:
     near_far: np.ndarray
 
 
-def lay_out(images: list[ImageRays], num_blocks: int, seeds: list[list[int]]) -> list[Rays]:
-    """Each block's rays of `images`, in batch order shuffled by `shuffle_order` with a generator seeded by
-    seeds[block]; one Rays per block (empty where a block got none)."""
-    counts = np.zeros(num_blocks, dtype=np.int64)
-    for image in images:
-        counts += np.bincount(image.block, minlength=num_blocks)
-    offsets = np.concatenate([[0], np.cumsum(counts)])  # block b's rows: [offsets[b], offsets[b + 1])
-    starts = [run_starts(int(n), np.random.default_rng(seeds[b])) + offsets[b] for b, n in enumerate(counts)]
-    first_run = np.concatenate([[0], np.cumsum([len(s) for s in starts])])
-    starts_all = np.concatenate(starts).astype(np.int64)
-    total = int(offsets[-1])
-    out = Rays(**{name: np.empty((total, *shape), dtype) for name, (shape, dtype) in RAY_COLUMNS.items()})
-    filled = np.zeros(num_blocks, dtype=np.int64)  # rays already placed per block
-    copy = _scatter if COMPILED else _scatter_numpy
-    for image in images:
-        copy(
-            image.ray,
-            image.block,
-            image.near_far,
-            image.origins,
-            image.dirs,
-            image.rgb,
-            image.pixel,
-            np.int32(image.image_id),
-            filled,
-            first_run,
-            starts_all,
-            out.origins,
-            out.dirs,
-            out.rgb,
-            out.near_far,
-            out.image_id,
-            out.pixel,
-        )
-    return [out.take(slice(offsets[b], offsets[b + 1])) for b in range(num_blocks)]
+class BatchLayout:
+    """Where one batch's rays go: each block's rays of `images` in batch order, shuffled by `shuffle_order` with a
+    generator seeded by seeds[block]. `lay_out` copies the rays of a range of blocks into a buffer reused from
+    range to range, so a task holds one range's rays at a time rather than the whole batch's twice."""
+
+    def __init__(self, images: list[ImageRays], num_blocks: int, seeds: list[list[int]]) -> None:
+        self.images = images
+        self.counts = np.zeros(num_blocks, dtype=np.int64)  # rays per block
+        for image in images:
+            self.counts += np.bincount(image.block, minlength=num_blocks)
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)])  # block b's rows: [offsets[b], offsets[b + 1])
+        starts = [
+            run_starts(int(n), np.random.default_rng(seeds[b])) + self.offsets[b] for b, n in enumerate(self.counts)
+        ]
+        self.first_run = np.concatenate([[0], np.cumsum([len(s) for s in starts])])  # block b's runs start here
+        self.starts = np.concatenate(starts).astype(np.int64)  # (runs,) output row of each run, all blocks
+        self._buffer = Rays.empty()
+
+    def ranges(self, max_rays: int) -> list[tuple[int, int]]:
+        """Consecutive block ranges [lo, hi) of at most max_rays rays each (or one block, if it holds more)."""
+        out, lo = [], 0
+        for b in range(1, len(self.counts) + 1):
+            if b == len(self.counts) or self.offsets[b + 1] - self.offsets[lo] > max_rays:
+                out.append((lo, b))
+                lo = b
+        return out
+
+    def lay_out(self, lo: int, hi: int) -> list[Rays]:
+        """The rays of blocks lo..hi-1, one Rays each (empty where a block got none): views into the buffer, valid
+        until the next call."""
+        base, total = int(self.offsets[lo]), int(self.offsets[hi] - self.offsets[lo])
+        if len(self._buffer) < total:
+            self._buffer = Rays(
+                **{name: np.empty((total, *shape), dtype) for name, (shape, dtype) in RAY_COLUMNS.items()}
+            )
+        out = self._buffer
+        filled = np.zeros(len(self.counts), dtype=np.int64)  # rays already placed per block
+        copy = _scatter if COMPILED else _scatter_numpy
+        for image in self.images:
+            copy(
+                image.ray,
+                image.block,
+                image.near_far,
+                image.origins,
+                image.dirs,
+                image.rgb,
+                image.pixel,
+                np.int32(image.image_id),
+                lo,
+                hi,
+                base,
+                filled,
+                self.first_run,
+                self.starts,
+                out.origins,
+                out.dirs,
+                out.rgb,
+                out.near_far,
+                out.image_id,
+                out.pixel,
+            )
+        return [out.take(slice(self.offsets[b] - base, self.offsets[b + 1] - base)) for b in range(lo, hi)]
 
 
 @jit
@@ -104,6 +131,9 @@ def _scatter(
     rgb: np.ndarray,
     pixel: np.ndarray,
     image_id: np.int32,
+    lo: int,
+    hi: int,
+    base: int,
     filled: np.ndarray,
     first_run: np.ndarray,
     starts: np.ndarray,
@@ -114,12 +144,15 @@ def _scatter(
     out_image_id: np.ndarray,
     out_pixel: np.ndarray,
 ) -> None:
-    """Copy each pair's ray to its block's next row in shuffled order; `filled` counts the rays placed."""
+    """Copy the ray of each pair of a block in [lo, hi) to that block's next row in shuffled order, less `base`;
+    `filled` counts the rays placed per block."""
     for m in range(len(ray)):
         b, r = block[m], ray[m]
+        if b < lo or b >= hi:
+            continue
         i = filled[b]
         filled[b] = i + 1
-        row = starts[first_run[b] + i // SHUFFLE_RUN] + i % SHUFFLE_RUN
+        row = starts[first_run[b] + i // SHUFFLE_RUN] + i % SHUFFLE_RUN - base
         for a in range(3):
             out_origins[row, a] = origins[r, a]
             out_dirs[row, a] = dirs[r, a]
@@ -140,6 +173,9 @@ def _scatter_numpy(
     rgb: np.ndarray,
     pixel: np.ndarray,
     image_id: np.int32,
+    lo: int,
+    hi: int,
+    base: int,
     filled: np.ndarray,
     first_run: np.ndarray,
     starts: np.ndarray,
@@ -151,11 +187,12 @@ def _scatter_numpy(
     out_pixel: np.ndarray,
 ) -> None:
     """`_scatter` vectorised, for machines without numba."""
-    by_block = np.argsort(block, kind="stable")  # pairs grouped by block, in ray order within each
+    in_range = np.flatnonzero((block >= lo) & (block < hi))
+    by_block = in_range[np.argsort(block[in_range], kind="stable")]  # pairs grouped by block, in ray order
     sorted_block = block[by_block]
     group_start = np.searchsorted(sorted_block, np.arange(len(filled)))
     i = filled[sorted_block] + np.arange(len(by_block)) - group_start[sorted_block]  # (M,) rank in its block
-    rows = starts[first_run[sorted_block] + i // SHUFFLE_RUN] + i % SHUFFLE_RUN
+    rows = starts[first_run[sorted_block] + i // SHUFFLE_RUN] + i % SHUFFLE_RUN - base
     r = ray[by_block]
     out_origins[rows] = origins[r]
     out_dirs[rows] = dirs[r]
@@ -163,4 +200,4 @@ def _scatter_numpy(
     out_near_far[rows] = near_far[by_block]
     out_image_id[rows] = image_id
     out_pixel[rows] = pixel[r]
-    filled += np.bincount(block, minlength=len(filled))
+    filled += np.bincount(sorted_block, minlength=len(filled))

@@ -26,7 +26,7 @@ from bigscene.scene.images import load_image
 from bigscene.store.blocks import batch_marker_path, rays_path, write_slot
 from bigscene.store.workspace import join, write_json_atomic
 from partitioning.assign import Assignment, BlockBoxes, assign, tile_order
-from partitioning.shuffle import ImageRays, lay_out
+from partitioning.shuffle import BatchLayout, ImageRays
 from partitioning.voxels import VisibilityGrid
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ FAULT_DIR = "partition_faults"
 
 #: Pixels whose rays are generated at once.
 RAY_SLICE = 1 << 16
+#: Rays laid out and written at once (a range of blocks; 80 MB): a task holds these, not its whole batch, twice.
+LAYOUT_RAYS = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -167,11 +169,17 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
         pixel = pixels.numpy().astype(np.uint16)
         images.append(ImageRays(job.index, origins, dirs, rgb, pixel, found.ray, found.block, found.near_far))
 
-    seeds = [[plan.seed, batch.index, b] for b in range(num_blocks)]
-    block_rays = lay_out(images, num_blocks, seeds)
-    del images
-    parts = {block_id: rays for block_id, rays in zip(plan.block_ids, block_rays, strict=True) if len(rays)}
-    written = write_slot(batch.slot, [(rays_path(plan.workspace, block_id), rays) for block_id, rays in parts.items()])
+    layout = BatchLayout(images, num_blocks, [[plan.seed, batch.index, b] for b in range(num_blocks)])
+    rays_written, checksums = {}, {}
+    for lo, hi in layout.ranges(LAYOUT_RAYS):
+        parts = {
+            plan.block_ids[b]: rays for b, rays in zip(range(lo, hi), layout.lay_out(lo, hi), strict=True) if len(rays)
+        }
+        written = write_slot(
+            batch.slot, [(rays_path(plan.workspace, block_id), rays) for block_id, rays in parts.items()]
+        )
+        rays_written.update({block_id: len(rays) for block_id, rays in parts.items()})
+        checksums.update(zip(parts, written, strict=True))
     _inject_fault(plan, batch.index)
     marker = {
         "batch": batch.index,
@@ -181,8 +189,8 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
         "assigned_pixels": assigned_pixels,
         "dropped": dropped,
         "skipped_images": skipped,
-        "rays": {block_id: len(rays) for block_id, rays in parts.items()},
-        "checksums": dict(zip(parts, written, strict=True)),
+        "rays": rays_written,
+        "checksums": checksums,
         "background": {plan.block_ids[b]: int(n) for b, n in enumerate(background) if n},
         "block_images": {plan.block_ids[b]: ims for b, ims in enumerate(block_images) if ims},
     }

@@ -314,9 +314,16 @@ def test_lay_out_copies_each_ray_to_its_shuffled_row(compiled: bool, monkeypatch
             )
         )
     seeds = [[1, 2, b] for b in range(4)]
-    laid = shuffle.lay_out(images, 4, seeds)
-    assert len(laid[3]) == 0 and sum(len(r) for r in laid) == sum(len(i.ray) for i in images)
-    for b, got in enumerate(laid):
+    layout = shuffle.BatchLayout(images, 4, seeds)
+    assert layout.ranges(1 << 20) == [(0, 4)]
+    ranges = layout.ranges(int(layout.counts[:2].sum()))
+    assert ranges == [(0, 2), (2, 4)]  # blocks 0 and 1 fill the budget
+    laid = {}
+    for lo, hi in ranges:
+        copies = [rays.take(np.arange(len(rays))) for rays in layout.lay_out(lo, hi)]  # views of a reused buffer
+        laid.update(zip(range(lo, hi), copies, strict=True))
+    assert len(laid[3]) == 0 and sum(len(r) for r in laid.values()) == sum(len(i.ray) for i in images)
+    for b, got in laid.items():
         parts = []
         for image in images:
             pairs = np.flatnonzero(image.block == b)
