@@ -10,6 +10,7 @@ rays the same way and rewrites them. A task holds one batch of rays.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import posixpath
@@ -122,6 +123,14 @@ def probe_batch(batch: BatchJob, plan: Plan) -> list[int]:
     return counts.tolist()
 
 
+@functools.lru_cache(maxsize=4)
+def _tiled_pixels(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """An image size's pixels tile by tile (`tile_order`): row-major indices (W*H,) int64 and (x, y) (W*H, 2)
+    int64. Cached, as a batch's images mostly share a size: callers must not modify them."""
+    order = tile_order(width, height)
+    return order, np.stack(np.divmod(order, width)[::-1], axis=-1)
+
+
 def _load(job: ImageJob, plan: Plan) -> np.ndarray:
     """(H, W, 3) uint8 pixels of a training image; InputError if missing, corrupt or of the wrong size."""
     rgb = load_image(job.path, plan.background)
@@ -146,7 +155,7 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
     for job in batch.images:
         count = job.camera.width * job.camera.height
         pixels_total += count
-        order = tile_order(job.camera.width, job.camera.height)  # (H*W,) pixels tile by tile
+        order, pixel = _tiled_pixels(job.camera.width, job.camera.height)
         try:
             rgb = _load(job, plan).reshape(-1, 3)[order]  # (H*W, 3)
         except InputError as err:
@@ -156,8 +165,7 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
             dropped["bad_image"] += count
             skipped.append(job.path)
             continue
-        pixels = job.camera.pixel_grid()[torch.from_numpy(order)]  # (H*W, 2) int64 (x, y)
-        origins, dirs, found = _assign(job, pixels, plan)
+        origins, dirs, found = _assign(job, torch.from_numpy(pixel), plan)
         for reason, n in found.dropped.items():
             dropped[reason] += n
         assigned = np.zeros(count, dtype=bool)
@@ -166,8 +174,9 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
         background += np.bincount(found.block[found.background], minlength=num_blocks)
         for b in np.flatnonzero(np.bincount(found.block, minlength=num_blocks)):
             block_images[b].append(job.index)
-        pixel = pixels.numpy().astype(np.uint16)
-        images.append(ImageRays(job.index, origins, dirs, rgb, pixel, found.ray, found.block, found.near_far))
+        images.append(
+            ImageRays(job.index, origins, dirs, rgb, pixel.astype(np.uint16), found.ray, found.block, found.near_far)
+        )
 
     layout = BatchLayout(images, num_blocks, [[plan.seed, batch.index, b] for b in range(num_blocks)])
     rays_written, checksums = {}, {}
