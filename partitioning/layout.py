@@ -113,17 +113,19 @@ def make_blocks(
     that range each way (at least `min_pad`); the outer box grows the inner box by `overlap` of its size.
     """
     z_all = (xyz[:, 2].min(), xyz[:, 2].max())
+    xyz = xyz[np.argsort(xyz[:, 0], kind="stable")]  # by x: each block looks at the strip of points under it
     blocks = []
     for index, cell in enumerate(cells):
         size = cell[1] - cell[0]  # (2,)
         grow = 0.5 * overlap * size
         foot = np.stack([cell[0] - grow, cell[1] + grow])
-        over = np.all((xyz[:, :2] >= foot[0]) & (xyz[:, :2] <= foot[1]), axis=1)
-        z0, z1 = (xyz[over, 2].min(), xyz[over, 2].max()) if over.any() else z_all
+        strip = xyz[np.searchsorted(xyz[:, 0], foot[0, 0]) : np.searchsorted(xyz[:, 0], foot[1, 0], side="right")]
+        over = strip[(strip[:, 1] >= foot[0, 1]) & (strip[:, 1] <= foot[1, 1]), 2]
+        z0, z1 = (over.min(), over.max()) if over.size else z_all
         pad = max(height_margin * (z1 - z0), min_pad)
         inner = np.array([[*cell[0], z0 - pad], [*cell[1], z1 + pad]])
         z_grow = 0.5 * overlap * (inner[1, 2] - inner[0, 2])
         outer = np.array([[*foot[0], inner[0, 2] - z_grow], [*foot[1], inner[1, 2] + z_grow]])
-        inside = np.all((xyz[:, :2] >= cell[0]) & (xyz[:, :2] < cell[1]), axis=1)
+        inside = (strip[:, :2] >= cell[0]).all(axis=1) & (strip[:, :2] < cell[1]).all(axis=1)
         blocks.append(Block(f"b{index:03d}", inner, outer, int(inside.sum()), float(z0)))
     return blocks
