@@ -1,5 +1,5 @@
 """numba, where installed: the partitioning kernels compile to machine code. Without it (a GPU machine that has
-only torch, say) they stay plain Python functions that nothing calls: `partitioning.assign_numpy` runs instead,
+only torch, say) they stay plain Python functions that nothing calls: `partitioning.numpy_kernels` runs instead,
 with the same results, several times slower."""
 
 from __future__ import annotations
