@@ -9,7 +9,8 @@ to the background of the first block whose ground footprint they pass over, with
 
 One compiled pass over the rays (numba): consecutive rays are grouped (callers pass image tiles, see
 `tile_order`), a cone test per group keeps the few blocks the group can reach, the slab test runs against
-those only, and one visibility march per ray (jumping across empty space) serves every block it crosses.
+those only (a box against all the group's rays at once, in SIMD lanes), and one visibility march per ray
+(jumping across empty space; the group's rays step in turn) serves every block it crosses.
 Without numba, `partitioning.numpy_kernels` gives the same results, vectorised over rays.
 """
 
@@ -44,7 +45,7 @@ class BlockBoxes:
 
 @dataclass
 class Assignment:
-    """M (ray, block) pairs: ray (M,) int64 indices into the input rays, block (M,) int32,
+    """M (ray, block) pairs in ray order: ray (M,) int64 indices into the input rays, block (M,) int32,
     near_far (M, 2) float32 segment, background (M,) bool (near == far); dropped rays by reason."""
 
     ray: np.ndarray
