@@ -28,3 +28,4 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(WS)
+	find bigscene partitioning benchmarks tests -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -117,7 +117,7 @@ def assignment_rows() -> list[BenchRow]:
     camera = Camera.pinhole(300.0, 300.0, 160.0, 120.0, 320, 240)
     origins, dirs = [], []
     for i, c2w in enumerate(poses(4)):
-        pixels = camera.pixel_grid()[torch.from_numpy(tile_order(camera.width, camera.height))]
+        pixels = camera.pixel_grid().numpy()[tile_order(camera.width, camera.height)]
         o, d = image_rays(ImageJob(i, "", camera, c2w), pixels)
         origins.append(o)
         dirs.append(d)

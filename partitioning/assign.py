@@ -109,9 +109,9 @@ def _nearest_footprints(origins: np.ndarray, dirs: np.ndarray, inner_xy: np.ndar
         if origins[r, 0] != x or origins[r, 1] != y:  # rays of one camera share their origin
             x, y = origins[r, 0], origins[r, 1]
             under, nearest = _over(origins[r], inner_xy)
-        block[r], t[r] = _sky_block(
-            origins[r, 0], origins[r, 1], dirs[r, 0], dirs[r, 1], inner_xy, bounds, under, nearest
-        )
+        block[r], t[r] = under, np.float32(0.0)
+        if under < 0:
+            block[r], t[r] = _sky_block(origins[r, 0], origins[r, 1], dirs[r, 0], dirs[r, 1], inner_xy, bounds, nearest)
     return block, t
 
 
@@ -161,7 +161,7 @@ def _safe_component(value: np.float32) -> np.float32:
 def _over(origin: np.ndarray, inner_xy: np.ndarray) -> tuple[int, int]:
     """For a ray origin: the first block whose footprint (B, 2, 2) holds its ground projection (else -1), and
     the block whose footprint is nearest to it (the first of equals; that one when it lies over one)."""
-    best, nearest = -1, np.inf
+    nearest_block, nearest_gap = -1, np.inf
     for b in range(len(inner_xy)):
         if inner_xy[b, 0, 0] <= origin[0] <= inner_xy[b, 1, 0] and inner_xy[b, 0, 1] <= origin[1] <= inner_xy[b, 1, 1]:
             return b, b
@@ -169,9 +169,9 @@ def _over(origin: np.ndarray, inner_xy: np.ndarray) -> tuple[int, int]:
         for a in range(2):
             g = max(inner_xy[b, 0, a] - origin[a], origin[a] - inner_xy[b, 1, a], np.float32(0.0))
             gap += g * g
-        if gap < nearest:
-            best, nearest = b, gap
-    return -1, best
+        if gap < nearest_gap:
+            nearest_block, nearest_gap = b, gap
+    return -1, nearest_block
 
 
 @inlined
@@ -187,14 +187,11 @@ def _footprint_entry(
 
 @inlined
 def _sky_block(
-    ox: float, oy: float, dx: float, dy: float, inner_xy: np.ndarray, bounds: np.ndarray, under: int, nearest: int
+    ox: float, oy: float, dx: float, dy: float, inner_xy: np.ndarray, bounds: np.ndarray, nearest: int
 ) -> tuple[int, np.float32]:
-    """`nearest_footprint` for one ray from (ox, oy, .) along (dx, dy, .); `_over` gives its origin's under and
-    nearest blocks, bounds (2, 2) is the rectangle holding every footprint. Scalars, not array views: a call with
-    views would count references."""
+    """`nearest_footprint` for one ray from (ox, oy, .) along (dx, dy, .) whose origin lies over no footprint;
+    `nearest` is the footprint nearest the origin (`_over`), bounds (2, 2) the rectangle holding every footprint."""
     zero = np.float32(0.0)
-    if under >= 0:
-        return under, zero
     inv_x, inv_y = np.float32(1.0) / _safe_component(dx), np.float32(1.0) / _safe_component(dy)
     best, best_t = -1, np.float32(np.inf)
     enter, leave = _footprint_entry(bounds[0, 0], bounds[0, 1], bounds[1, 0], bounds[1, 1], ox, oy, inv_x, inv_y)
@@ -415,7 +412,7 @@ def _assign(
                     under, nearest = _over(o[r], inner_xy)
                 sky_block, sky_t = under, np.float32(0.0)
                 if under < 0:
-                    sky_block, sky_t = _sky_block(o[r, 0], o[r, 1], d[r, 0], d[r, 1], inner_xy, bounds, under, nearest)
+                    sky_block, sky_t = _sky_block(o[r, 0], o[r, 1], d[r, 0], d[r, 1], inner_xy, bounds, nearest)
                 ray[m], block[m], background[m] = r, sky_block, True
                 near_far[m, 0], near_far[m, 1] = sky_t, sky_t
                 m += 1

@@ -1,6 +1,10 @@
 """numba, where installed: the partitioning kernels compile to machine code. Without it (a GPU machine that has
 only torch, say) they stay plain Python functions that nothing calls: `partitioning.numpy_kernels` runs instead,
-with the same results, several times slower."""
+with the same results, several times slower.
+
+numba's on-disk cache tracks only the file that defines a kernel: a kernel compiled with a call into another file
+(`assign._assign` calls `voxels.march`) keeps the old callee after an edit to that file alone. `make clean`
+removes the caches; a fresh install or clone never sees a stale one."""
 
 from __future__ import annotations
 

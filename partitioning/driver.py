@@ -27,6 +27,7 @@ from bigscene.errors import ConfigError, InputError
 from bigscene.scene.model import Scene
 from bigscene.store.blocks import (
     BLOCKS_DIR,
+    CHECKSUM_SCHEME,
     batch_marker_path,
     block_json_path,
     create_ray_store,
@@ -143,7 +144,11 @@ class Driver:
             make_engine("partition", self.config.engine, address, self.config.num_cpus, self.config.max_retries)
         ) as engine:
             saved = read_json(plan_path(self.workspace))
-            if saved is not None and saved.get("fingerprint") == self.fingerprint:
+            if (
+                saved is not None
+                and saved.get("fingerprint") == self.fingerprint
+                and saved.get("checksum_scheme") == CHECKSUM_SCHEME
+            ):
                 log.info("resuming the partition run in %s", work_path(self.workspace))
                 blocks = [Block.from_json(doc) for doc in saved["blocks"]]
                 plan = self.plan(blocks)
@@ -156,6 +161,7 @@ class Driver:
                     create_ray_store(rays_path(self.workspace, block.id), self.capacity, self.config.chunk_rays)
                 saved = {
                     "fingerprint": self.fingerprint,
+                    "checksum_scheme": CHECKSUM_SCHEME,
                     "blocks": [b.to_json() for b in blocks],
                     "merged": merged,
                     "voxels": voxels,

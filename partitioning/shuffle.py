@@ -2,8 +2,8 @@
 
 A block's rays in a batch are shuffled in runs of SHUFFLE_RUN consecutive rays (`shuffle_order`) of its rays
 in batch order (image by image, pixel by pixel). Instead of gathering each image's rays per block, joining
-them and then permuting them, `scatter` writes every (ray, block) pair of an image straight to its final row:
-the run it falls in has a known output start (`run_starts`), so each ray is copied once.
+them and then permuting them, `BatchLayout.lay_out` copies every (ray, block) pair of an image straight to its
+final row: the run it falls in has a known output start (`run_starts`), so each ray is copied once.
 """
 
 from __future__ import annotations

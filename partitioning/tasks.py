@@ -41,7 +41,8 @@ FAULT_DIR = "partition_faults"
 
 #: Pixels whose rays are generated at once.
 RAY_SLICE = 1 << 16
-#: Rays laid out and written at once (a range of blocks; 80 MB): a task holds these, not its whole batch, twice.
+#: Rays laid out and written at once (a range of blocks; about 90 MB): a task holds these, not its whole batch,
+#: twice.
 LAYOUT_RAYS = 1 << 21
 
 
@@ -82,8 +83,8 @@ class Plan:
     fault: str = ""  # FAULT_ENV as read by the driver
 
 
-def image_rays(job: ImageJob, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Rays through pixel centres (N, 2) int64 (x, y): float32 origins (N, 3) and unit dirs (N, 3).
+def image_rays(job: ImageJob, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rays through pixel centres (N, 2) integer (x, y): float32 origins (N, 3) and unit dirs (N, 3).
 
     On one thread, as a task has one core (Ray's default; the inline engine runs tasks one by one):
     torch's thread pool only slows these small element-wise ops down. RAY_SLICE pixels at a time, so the float64
@@ -97,14 +98,14 @@ def image_rays(job: ImageJob, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndar
     try:
         for start in range(0, len(pixels), RAY_SLICE):
             rows = slice(start, start + RAY_SLICE)
-            o, d = generate_rays(job.camera, c2w, pixels[rows])
+            o, d = generate_rays(job.camera, c2w, torch.from_numpy(pixels[rows].astype(np.int64)))
             origins[rows], dirs[rows] = o.numpy(), d.numpy()
     finally:
         torch.set_num_threads(threads)
     return origins, dirs
 
 
-def _assign(job: ImageJob, pixels: torch.Tensor, plan: Plan) -> tuple[np.ndarray, np.ndarray, Assignment]:
+def _assign(job: ImageJob, pixels: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray, Assignment]:
     origins, dirs = image_rays(job, pixels)
     return origins, dirs, assign(origins, dirs, plan.boxes, plan.grid, plan.visibility_margin, plan.sky)
 
@@ -114,21 +115,22 @@ def probe_batch(batch: BatchJob, plan: Plan) -> list[int]:
     counts = np.zeros(len(plan.block_ids), dtype=np.int64)
     s = plan.probe_stride
     for job in batch.images:
-        xs = torch.arange(s // 2, job.camera.width, s)
-        ys = torch.arange(s // 2, job.camera.height, s)
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-        pixels = torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=-1)  # (n, 2)
+        grid_y, grid_x = np.meshgrid(
+            np.arange(s // 2, job.camera.height, s), np.arange(s // 2, job.camera.width, s), indexing="ij"
+        )
+        pixels = np.stack([grid_x.reshape(-1), grid_y.reshape(-1)], axis=-1)  # (n, 2)
         _, _, found = _assign(job, pixels, plan)
         counts += np.bincount(found.block[~found.background], minlength=len(counts))
     return counts.tolist()
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)
 def _tiled_pixels(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """An image size's pixels tile by tile (`tile_order`): row-major indices (W*H,) int64 and (x, y) (W*H, 2)
-    int64. Cached, as a batch's images mostly share a size: callers must not modify them."""
+    uint16 (the store's pixel dtype). Cached, as a batch's images mostly share a size: callers must not modify
+    them."""
     order = tile_order(width, height)
-    return order, np.stack(np.divmod(order, width)[::-1], axis=-1)
+    return order, np.stack(np.divmod(order, width)[::-1], axis=-1).astype(np.uint16)
 
 
 def _load(job: ImageJob, plan: Plan) -> np.ndarray:
@@ -165,7 +167,7 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
             dropped["bad_image"] += count
             skipped.append(job.path)
             continue
-        origins, dirs, found = _assign(job, torch.from_numpy(pixel), plan)
+        origins, dirs, found = _assign(job, pixel, plan)
         for reason, n in found.dropped.items():
             dropped[reason] += n
         assigned = np.zeros(count, dtype=bool)
@@ -174,9 +176,7 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
         background += np.bincount(found.block[found.background], minlength=num_blocks)
         for b in np.flatnonzero(np.bincount(found.block, minlength=num_blocks)):
             block_images[b].append(job.index)
-        images.append(
-            ImageRays(job.index, origins, dirs, rgb, pixel.astype(np.uint16), found.ray, found.block, found.near_far)
-        )
+        images.append(ImageRays(job.index, origins, dirs, rgb, pixel, found.ray, found.block, found.near_far))
 
     layout = BatchLayout(images, num_blocks, [[plan.seed, batch.index, b] for b in range(num_blocks)])
     rays_written, checksums = {}, {}

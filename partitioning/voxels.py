@@ -212,17 +212,19 @@ def _march_rays(
 ) -> np.ndarray:
     n = len(origins)
     out = np.empty(n, dtype=np.float32)
-    rows = np.arange(n)
     chunk = 256  # rays marched together: enough to overlap their memory waits, few to stay in cache
     state = np.empty((chunk, MARCH_STATE))
     active = np.empty(chunk, dtype=np.int64)
+    rows = np.empty(chunk, dtype=np.int64)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         span = slice(start, stop)
+        for q in range(stop - start):
+            rows[q] = start + q
         march(
             origins,
             dirs,
-            rows[span],
+            rows,
             t_start[span],
             t_stop[span],
             stop - start,

@@ -309,20 +309,21 @@ def test_lay_out_copies_each_ray_to_its_shuffled_row(compiled: bool, monkeypatch
                 rng.integers(0, 256, (n, 3), dtype=np.uint8),
                 rng.integers(0, 1000, (n, 2), dtype=np.uint16),
                 ray,
-                rng.integers(0, 3, len(ray), dtype=np.int32),  # block 3 of 4 gets nothing
+                rng.choice(3, len(ray), p=[0.2, 0.5, 0.3]).astype(np.int32),  # uneven; block 3 of 4 gets nothing
                 rng.random((len(ray), 2), dtype=np.float32),
             )
         )
     seeds = [[1, 2, b] for b in range(4)]
     layout = shuffle.BatchLayout(images, 4, seeds)
     assert layout.ranges(1 << 20) == [(0, 4)]
-    ranges = layout.ranges(int(layout.counts[:2].sum()))
-    assert ranges == [(0, 2), (2, 4)]  # blocks 0 and 1 fill the budget
+    assert layout.ranges(int(layout.counts[:2].sum())) == [(0, 2), (2, 4)]  # blocks 0 and 1 fill the budget
+    assert layout.ranges(1) == [(0, 1), (1, 2), (2, 3), (3, 4)]  # each block alone: the buffer grows for block 1
     laid = {}
-    for lo, hi in ranges:
+    for lo, hi in layout.ranges(1):
         copies = [rays.take(np.arange(len(rays))) for rays in layout.lay_out(lo, hi)]  # views of a reused buffer
         laid.update(zip(range(lo, hi), copies, strict=True))
     assert len(laid[3]) == 0 and sum(len(r) for r in laid.values()) == sum(len(i.ray) for i in images)
+    assert dict(zip(range(4), layout.lay_out(0, 4), strict=True)).keys() == laid.keys()
     for b, got in laid.items():
         parts = []
         for image in images:

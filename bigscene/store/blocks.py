@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,6 +38,11 @@ from zarr.core.sync import sync
 
 from bigscene.errors import InputError
 from bigscene.store.workspace import join
+
+if google_crc32c.implementation != "c":
+    logging.getLogger(__name__).warning(
+        "google-crc32c has no compiled extension here: ray checksums will be slow; reinstall google-crc32c"
+    )
 
 SCHEMA_VERSION = 2
 BLOCKS_DIR = "blocks"
@@ -87,6 +93,10 @@ class Rays:
         return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in RAY_COLUMNS})
 
 
+#: How RayChecksum digests rays; a partition run resumes only batches digested the same way.
+CHECKSUM_SCHEME = "crc32c-columns"
+
+
 class RayChecksum:
     """CRC32C of each column's bytes in ray order (hardware-accelerated, several GB/s), combined with the byte
     counts by SHA-256: equal stores have equal checksums, and a re-run that writes different rays is caught."""
@@ -97,8 +107,7 @@ class RayChecksum:
 
     def update(self, rays: Rays) -> None:
         for name in RAY_COLUMNS:
-            column = getattr(rays, name).view()  # a read-only view: google_crc32c reads it without a copy
-            column.setflags(write=False)
+            column = getattr(rays, name)
             self._crc[name] = google_crc32c.extend(self._crc[name], column)
             self._bytes[name] += column.nbytes
 
