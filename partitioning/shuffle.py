@@ -64,9 +64,10 @@ class BatchLayout:
 
     def __init__(self, images: list[ImageRays], num_blocks: int, seeds: list[list[int]]) -> None:
         self.images = images
-        self.counts = np.zeros(num_blocks, dtype=np.int64)  # rays per block
-        for image in images:
-            self.counts += np.bincount(image.block, minlength=num_blocks)
+        self.image_counts = np.zeros((len(images), num_blocks), dtype=np.int64)  # rays of each image per block
+        for row, image in zip(self.image_counts, images, strict=True):
+            row += np.bincount(image.block, minlength=num_blocks)
+        self.counts = self.image_counts.sum(axis=0)  # rays per block
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)])  # block b's rows: [offsets[b], offsets[b + 1])
         starts = [
             run_starts(int(n), np.random.default_rng(seeds[b])) + self.offsets[b] for b, n in enumerate(self.counts)
@@ -94,9 +95,11 @@ class BatchLayout:
             )
         out = self._buffer
         filled = np.zeros(len(self.counts), dtype=np.int64)  # rays already placed per block
-        copy = _scatter if COMPILED else _scatter_numpy
         for image in self.images:
-            copy(
+            if not COMPILED:
+                _scatter_numpy(image, lo, hi, base, filled, self.first_run, self.starts, out)
+                continue
+            _scatter(
                 image.ray,
                 image.block,
                 image.near_far,
@@ -165,39 +168,28 @@ def _scatter(
 
 
 def _scatter_numpy(
-    ray: np.ndarray,
-    block: np.ndarray,
-    near_far: np.ndarray,
-    origins: np.ndarray,
-    dirs: np.ndarray,
-    rgb: np.ndarray,
-    pixel: np.ndarray,
-    image_id: np.int32,
+    image: ImageRays,
     lo: int,
     hi: int,
     base: int,
     filled: np.ndarray,
     first_run: np.ndarray,
     starts: np.ndarray,
-    out_origins: np.ndarray,
-    out_dirs: np.ndarray,
-    out_rgb: np.ndarray,
-    out_near_far: np.ndarray,
-    out_image_id: np.ndarray,
-    out_pixel: np.ndarray,
+    out: Rays,
 ) -> None:
-    """`_scatter` vectorised, for machines without numba."""
+    """`_scatter` for one image, vectorised, for machines without numba."""
+    block = image.block
     in_range = np.flatnonzero((block >= lo) & (block < hi))
     by_block = in_range[np.argsort(block[in_range], kind="stable")]  # pairs grouped by block, in ray order
     sorted_block = block[by_block]
     group_start = np.searchsorted(sorted_block, np.arange(len(filled)))
     i = filled[sorted_block] + np.arange(len(by_block)) - group_start[sorted_block]  # (M,) rank in its block
     rows = starts[first_run[sorted_block] + i // SHUFFLE_RUN] + i % SHUFFLE_RUN - base
-    r = ray[by_block]
-    out_origins[rows] = origins[r]
-    out_dirs[rows] = dirs[r]
-    out_rgb[rows] = rgb[r]
-    out_near_far[rows] = near_far[by_block]
-    out_image_id[rows] = image_id
-    out_pixel[rows] = pixel[r]
+    r = image.ray[by_block]
+    out.origins[rows] = image.origins[r]
+    out.dirs[rows] = image.dirs[r]
+    out.rgb[rows] = image.rgb[r]
+    out.near_far[rows] = image.near_far[by_block]
+    out.image_id[rows] = image.image_id
+    out.pixel[rows] = image.pixel[r]
     filled += np.bincount(sorted_block, minlength=len(filled))

@@ -150,7 +150,6 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
     num_blocks = len(plan.block_ids)
     images: list[ImageRays] = []
     background = np.zeros(num_blocks, dtype=np.int64)
-    block_images: list[list[int]] = [[] for _ in range(num_blocks)]
     dropped = {"bad_image": 0, "invalid_ray": 0, "sky": 0}
     pixels_total = assigned_pixels = 0
     skipped: list[str] = []
@@ -174,11 +173,12 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
         assigned[found.ray] = True
         assigned_pixels += int(assigned.sum())
         background += np.bincount(found.block[found.background], minlength=num_blocks)
-        for b in np.flatnonzero(np.bincount(found.block, minlength=num_blocks)):
-            block_images[b].append(job.index)
         images.append(ImageRays(job.index, origins, dirs, rgb, pixel, found.ray, found.block, found.near_far))
 
     layout = BatchLayout(images, num_blocks, [[plan.seed, batch.index, b] for b in range(num_blocks)])
+    block_images = [
+        [image.image_id for image, n in zip(images, column, strict=True) if n] for column in layout.image_counts.T
+    ]
     rays_written, checksums = {}, {}
     for lo, hi in layout.ranges(LAYOUT_RAYS):
         parts = {
