@@ -15,16 +15,11 @@ The city is the `small` preset at its full resolution, without the ground-truth 
 from __future__ import annotations
 
 import logging
-import tempfile
-import time
-
-import torch
 
 from benchmarks.table import BenchRow, print_table
+from benchmarks.workspaces import partitioned_city
 from bigscene.config import Config, load_config
-from bigscene.synth import generate, make_config
 from bigscene.train import BlockResult, fit_block
-from partitioning import run_partition
 
 log = logging.getLogger(__name__)
 
@@ -91,28 +86,19 @@ def _train(ws: str, name: str, config: Config) -> tuple[float, float]:
 
 
 def run() -> list[BenchRow]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench_sampling_") as ws:
-            started = time.perf_counter()
-            generate(make_config(PRESET, SYNTH), ws)
-            run_partition(ws, load_config(None, PARTITION))
-            log.info("%s city generated and partitioned in %.1f s", PRESET, time.perf_counter() - started)
-            guided, guided_per_ray = _train(ws, "surface-guided", _config(*GUIDED))
-            importance, _ = _train(ws, "uniform + importance", _config(*IMPORTANCE))
-            return [
-                BenchRow(
-                    f"held-out PSNR, surface-guided at up to {SAMPLES} samples/ray (mean {guided_per_ray:.0f}), "
-                    f"{PRESET} city {BLOCK}, {STEPS} steps",
-                    guided,
-                    f"uniform + importance, {SAMPLES}/ray",
-                    importance,
-                    "dB",
-                )
-            ]
-    finally:
-        torch.set_num_threads(threads)
+    with partitioned_city(PRESET, SYNTH, PARTITION, "bench_sampling_") as ws:
+        guided, guided_per_ray = _train(ws, "surface-guided", _config(*GUIDED))
+        importance, _ = _train(ws, "uniform + importance", _config(*IMPORTANCE))
+        return [
+            BenchRow(
+                f"held-out PSNR, surface-guided at up to {SAMPLES} samples/ray (mean {guided_per_ray:.0f}), "
+                f"{PRESET} city {BLOCK}, {STEPS} steps",
+                guided,
+                f"uniform + importance, {SAMPLES}/ray",
+                importance,
+                "dB",
+            )
+        ]
 
 
 if __name__ == "__main__":

@@ -9,20 +9,18 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 
 import numpy as np
 import torch
 
 from benchmarks.table import BenchRow, print_table
+from benchmarks.workspaces import partitioned_city
 from bigscene.config import Config, load_config
 from bigscene.store.blocks import rays_path, read_rays
-from bigscene.synth import generate, make_config
 from bigscene.train import fit_block
 from bigscene.train.data import RayStream
 from bigscene.train.optim import RayBudget
-from partitioning import run_partition
 
 log = logging.getLogger(__name__)
 
@@ -86,27 +84,16 @@ def _loader_rows(ws: str) -> list[BenchRow]:
 
 
 def run() -> list[BenchRow]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench_train_") as ws:
-            started = time.perf_counter()
-            generate(make_config("tiny", SYNTH), ws)
-            run_partition(ws, load_config(None, PARTITION))
-            log.info("tiny city generated and partitioned in %.1f s", time.perf_counter() - started)
-            rows = []
-            for block in BLOCKS:
-                guided = _train(ws, block, _config())
-                uniform = _train(ws, block, _config("sampler.kind=uniform", "sampler.num_samples=32"))
-                rows.append(
-                    BenchRow(f"{block} train steps/s, surface-guided", guided[0], "uniform", uniform[0], "steps/s")
-                )
-                rows.append(
-                    BenchRow(f"{block} train samples/s, surface-guided", guided[1], "uniform", uniform[1], "samples/s")
-                )
-            return rows + _loader_rows(ws)
-    finally:
-        torch.set_num_threads(threads)
+    with partitioned_city("tiny", SYNTH, PARTITION, "bench_train_") as ws:
+        rows = []
+        for block in BLOCKS:
+            guided = _train(ws, block, _config())
+            uniform = _train(ws, block, _config("sampler.kind=uniform", "sampler.num_samples=32"))
+            rows.append(BenchRow(f"{block} train steps/s, surface-guided", guided[0], "uniform", uniform[0], "steps/s"))
+            rows.append(
+                BenchRow(f"{block} train samples/s, surface-guided", guided[1], "uniform", uniform[1], "samples/s")
+            )
+        return rows + _loader_rows(ws)
 
 
 if __name__ == "__main__":
