@@ -30,9 +30,9 @@ from bigscene.scene.images import load_image
 from bigscene.store import read_scene, write_scene
 from bigscene.store.blocks import RayStoreWriter, rays_path, read_rays
 from partitioning.assign import BlockBoxes, assign, nearest_footprint, slab, tile_order
+from partitioning.camera_rays import image_rays
 from partitioning.layout import grid_cells, make_blocks, order_cells
 from partitioning.stage import run_partition
-from partitioning.tasks import ImageJob, image_rays
 from partitioning.voxels import Lattice, VisibilityGrid, visibility_grid
 
 log = logging.getLogger(__name__)
@@ -116,9 +116,9 @@ def assignment_rows() -> list[BenchRow]:
     boxes, grid = layout(xyz)
     camera = Camera.pinhole(300.0, 300.0, 160.0, 120.0, 320, 240)
     origins, dirs = [], []
-    for i, c2w in enumerate(poses(4)):
+    for c2w in poses(4):
         pixels = camera.pixel_grid().numpy()[tile_order(camera.width, camera.height)]
-        o, d = image_rays(ImageJob(i, "", camera, c2w), pixels)
+        o, d = image_rays(camera, c2w, pixels)
         origins.append(o)
         dirs.append(d)
     o, d = np.concatenate(origins), np.concatenate(dirs)

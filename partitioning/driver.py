@@ -30,7 +30,7 @@ from bigscene.store.blocks import (
     CHECKSUM_SCHEME,
     batch_marker_path,
     block_json_path,
-    create_ray_store,
+    create_ray_stores,
     finish_ray_store,
     plan_path,
     ray_store_info,
@@ -157,8 +157,8 @@ class Driver:
                 remove_tree(work_path(self.workspace))
                 blocks, plan, merged = self._layout(engine)
                 voxels = self._write_voxels(blocks)
-                for block in blocks:
-                    create_ray_store(rays_path(self.workspace, block.id), self.capacity, self.config.chunk_rays)
+                paths = [rays_path(self.workspace, b.id) for b in blocks]
+                create_ray_stores(paths, self.capacity, self.config.chunk_rays)
                 saved = {
                     "fingerprint": self.fingerprint,
                     "checksum_scheme": CHECKSUM_SCHEME,

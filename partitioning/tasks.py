@@ -19,14 +19,15 @@ from dataclasses import dataclass
 
 import fsspec
 import numpy as np
-import torch
 
 from bigscene.errors import InputError
-from bigscene.scene.cameras import Camera, generate_rays
+from bigscene.scene.cameras import Camera
 from bigscene.scene.images import load_image
 from bigscene.store.blocks import batch_marker_path, rays_path, write_slot
 from bigscene.store.workspace import join, write_json_atomic
 from partitioning.assign import Assignment, BlockBoxes, assign, tile_order
+from partitioning.camera_rays import image_rays
+from partitioning.heap import keep_freed_memory
 from partitioning.shuffle import BatchLayout, ImageRays
 from partitioning.voxels import VisibilityGrid
 
@@ -39,8 +40,6 @@ FAULT_ENV = "BIGSCENE_PARTITION_FAULT"
 FAULT_DIR = "partition_faults"
 
 
-#: Pixels whose rays are generated at once.
-RAY_SLICE = 1 << 16
 #: Rays laid out and written at once (a range of blocks; about 90 MB): a task holds these, not its whole batch,
 #: twice.
 LAYOUT_RAYS = 1 << 21
@@ -83,30 +82,8 @@ class Plan:
     fault: str = ""  # FAULT_ENV as read by the driver
 
 
-def image_rays(job: ImageJob, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rays through pixel centres (N, 2) integer (x, y): float32 origins (N, 3) and unit dirs (N, 3).
-
-    On one thread, as a task has one core (Ray's default; the inline engine runs tasks one by one):
-    torch's thread pool only slows these small element-wise ops down. RAY_SLICE pixels at a time, so the float64
-    temporaries stay small and reuse the same memory instead of mapping fresh pages for every image.
-    """
-    origins = np.empty((len(pixels), 3), dtype=np.float32)
-    dirs = np.empty((len(pixels), 3), dtype=np.float32)
-    c2w = torch.tensor(job.c2w, dtype=torch.float64)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for start in range(0, len(pixels), RAY_SLICE):
-            rows = slice(start, start + RAY_SLICE)
-            o, d = generate_rays(job.camera, c2w, torch.from_numpy(pixels[rows].astype(np.int64)))
-            origins[rows], dirs[rows] = o.numpy(), d.numpy()
-    finally:
-        torch.set_num_threads(threads)
-    return origins, dirs
-
-
 def _assign(job: ImageJob, pixels: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray, Assignment]:
-    origins, dirs = image_rays(job, pixels)
+    origins, dirs = image_rays(job.camera, job.c2w, pixels)
     return origins, dirs, assign(origins, dirs, plan.boxes, plan.grid, plan.visibility_margin, plan.sky)
 
 
@@ -147,6 +124,7 @@ def _load(job: ImageJob, plan: Plan) -> np.ndarray:
 
 def write_batch(batch: BatchJob, plan: Plan) -> dict:
     """Read, assign and write one batch; returns (and records in the workspace) the batch's marker."""
+    keep_freed_memory()
     num_blocks = len(plan.block_ids)
     images: list[ImageRays] = []
     background = np.zeros(num_blocks, dtype=np.int64)

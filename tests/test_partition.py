@@ -16,12 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 from PIL import Image
 from test_partition_scene import HEIGHT, ROI, WIDTH, make_city, nadir_poses, ray_depth, surface_points
 
 from bigscene.config import Config, load_config
 from bigscene.errors import ConfigError, InputError, WorkspaceError
+from bigscene.scene.cameras import Camera, generate_rays
 from bigscene.store import read_scene, scene_path
 from bigscene.store.blocks import (
     RAY_COLUMNS,
@@ -34,7 +36,7 @@ from bigscene.store.blocks import (
     read_voxels,
     store_checksum,
 )
-from partitioning import numpy_kernels, run_partition, shuffle
+from partitioning import camera_rays, numpy_kernels, run_partition, shuffle
 from partitioning.assign import GROUP, BlockBoxes, _assign, assign, nearest_footprint, slab
 from partitioning.layout import grid_cells, kd_cells, make_blocks, order_cells
 from partitioning.tasks import FAULT_DIR, FAULT_ENV
@@ -187,6 +189,27 @@ def test_numpy_fallback_gives_the_compiled_results_exactly() -> None:
         numpy_kernels.nearest_footprint(o, d, boxes.inner_xy), nearest_footprint(o, d, boxes.inner_xy), strict=True
     ):
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["numba", "torch"])
+def test_image_rays_are_generate_rays_bit_for_bit(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled pinhole loop and the sliced torch path both give `generate_rays`' rays exactly, distorted
+    cameras included (which always take the torch path)."""
+    monkeypatch.setattr(camera_rays, "COMPILED", compiled)
+    monkeypatch.setattr(camera_rays, "RAY_SLICE", 1000)  # several slices
+    rng = np.random.default_rng(6)
+    c2w = np.eye(4)
+    c2w[:3, :3] = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    c2w[:3, 3] = rng.normal(size=3)
+    pinhole = Camera.pinhole(90.0, 80.0, 31.5, 24.0, 64, 48)
+    for camera in (pinhole, Camera("OPENCV", 64, 48, (90.0, 80.0, 31.5, 24.0, -0.1, 0.02, 0.001, -0.002))):
+        pixels = camera.pixel_grid().numpy()[rng.permutation(64 * 48)].astype(np.uint16)
+        origins, dirs = camera_rays.image_rays(camera, c2w, pixels)
+        expected = generate_rays(camera, torch.tensor(c2w), torch.from_numpy(pixels.astype(np.int64)))
+        assert origins.dtype == dirs.dtype == np.float32 and dirs.shape == (64 * 48, 3)
+        np.testing.assert_array_equal(origins, expected[0].numpy())
+        np.testing.assert_array_equal(dirs, expected[1].numpy())
+        assert np.allclose(np.linalg.norm(dirs, axis=1), 1.0, atol=1e-6)
 
 
 def test_first_hit_never_lies_behind_the_surface() -> None:

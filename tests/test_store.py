@@ -9,6 +9,16 @@ import zarr
 from bigscene.errors import WorkspaceError
 from bigscene.scene import Camera, ImageRecord, Scene, SparsePoints
 from bigscene.store import SCHEMA_VERSION, has_scene, read_scene, scene_path, write_scene
+from bigscene.store.blocks import (
+    RAY_COLUMNS,
+    Rays,
+    create_ray_store,
+    create_ray_stores,
+    finish_ray_store,
+    ray_store_info,
+    read_rays,
+    write_slot,
+)
 
 
 def make_scene(num_images: int = 5, num_points: int = 50, seed: int = 0) -> Scene:
@@ -98,3 +108,34 @@ def test_fsspec_memory_url_workspace() -> None:
     scene = make_scene()
     write_scene("memory://bigscene-test-ws", scene)
     assert_same_scene(scene, read_scene("memory://bigscene-test-ws"))
+
+
+def test_block_ray_stores_made_from_a_template_match_a_zarr_made_one(tmp_path: Path) -> None:
+    """Stores whose metadata is copied from the first are the stores Zarr makes: same arrays, chunks, codecs and
+    attributes; each takes writes on its own; a leftover at a path is replaced."""
+    paths = [str(tmp_path / "a" / "rays.zarr"), str(tmp_path / "b" / "c" / "rays.zarr"), str(tmp_path / "d.zarr")]
+    zarr.open_group(paths[2], mode="w").create_array("junk", shape=(3,), dtype="i4")
+    create_ray_stores(paths, 3 * 512, 512)
+    reference = str(tmp_path / "reference.zarr")
+    create_ray_store(reference, 3 * 512, 512)
+    expected = zarr.open_group(reference, mode="r")
+    for path in paths:
+        root = zarr.open_group(path, mode="r")
+        assert sorted(root.array_keys()) == sorted(RAY_COLUMNS)
+        assert root.attrs.asdict() == expected.attrs.asdict()
+        for name in RAY_COLUMNS:
+            assert root[name].metadata == expected[name].metadata
+    rng = np.random.default_rng(0)
+    rays = Rays(
+        rng.normal(size=(700, 3)),
+        rng.normal(size=(700, 3)),
+        rng.integers(0, 256, (700, 3)),
+        rng.random((700, 2)),
+        np.arange(700),
+        rng.integers(0, 99, (700, 2)),
+    )
+    finish_ray_store(paths[1], [(512, 700)], write_slot(512, [(paths[1], rays)]))
+    got = read_rays(paths[1])
+    for name in RAY_COLUMNS:
+        np.testing.assert_array_equal(getattr(got, name), getattr(rays, name))
+    assert ray_store_info(paths[0]) is None and ray_store_info(paths[2]) is None  # untouched, unfinished
