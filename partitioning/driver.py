@@ -44,7 +44,7 @@ from bigscene.store.blocks import (
 from bigscene.store.scene_store import scene_path
 from bigscene.store.workspace import join, read_json, write_json_atomic
 from partitioning.assign import BlockBoxes
-from partitioning.layout import Block, grid_cells, kd_cells, make_blocks, merge_cell, order_cells
+from partitioning.layout import Block, XStrips, grid_cells, kd_cells, make_blocks, merge_cell, order_cells
 from partitioning.mapplot import draw_partition_map
 from partitioning.tasks import FAULT_ENV, BatchJob, ImageJob, Plan, probe_batch, write_batch
 from partitioning.voxels import Lattice, surface_voxels, visibility_grid
@@ -206,8 +206,10 @@ class Driver:
     def _write_voxels(self, blocks: list[Block]) -> dict[str, int]:
         cfg = self.config
         counts = {}
+        strips = XStrips(self.xyz)
         for block in blocks:
-            coords = surface_voxels(self.xyz, block.outer, self.lattice)  # (V, 3) int32
+            under = self.xyz[strips.between(block.outer[0, 0], block.outer[1, 0])]
+            coords = surface_voxels(under, block.outer, self.lattice)  # (V, 3) int32
             write_voxels(
                 voxels_path(self.workspace, block.id),
                 coords,

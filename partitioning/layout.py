@@ -104,6 +104,19 @@ def order_cells(cells: list[np.ndarray]) -> list[np.ndarray]:
     return sorted(cells, key=lambda c: (c[0, 1], c[0, 0]))
 
 
+class XStrips:
+    """Points (P, >=1) sorted by x once, so that each block's points come from the strip of x under its box
+    instead of a pass over all the points."""
+
+    def __init__(self, points: np.ndarray) -> None:
+        self.order = np.argsort(points[:, 0], kind="stable")  # (P,) indices of the points by x
+        self.x = points[self.order, 0]  # (P,) sorted x
+
+    def between(self, x0: float, x1: float) -> np.ndarray:
+        """(S,) int64 indices of the points with x0 <= x <= x1."""
+        return self.order[np.searchsorted(self.x, x0, side="left") : np.searchsorted(self.x, x1, side="right")]
+
+
 def make_blocks(
     cells: list[np.ndarray], xyz: np.ndarray, overlap: float, height_margin: float, min_pad: float
 ) -> list[Block]:
@@ -113,13 +126,13 @@ def make_blocks(
     that range each way (at least `min_pad`); the outer box grows the inner box by `overlap` of its size.
     """
     z_all = (xyz[:, 2].min(), xyz[:, 2].max())
-    xyz = xyz[np.argsort(xyz[:, 0], kind="stable")]  # by x: each block looks at the strip of points under it
+    strips = XStrips(xyz)
     blocks = []
     for index, cell in enumerate(cells):
         size = cell[1] - cell[0]  # (2,)
         grow = 0.5 * overlap * size
         foot = np.stack([cell[0] - grow, cell[1] + grow])
-        strip = xyz[np.searchsorted(xyz[:, 0], foot[0, 0]) : np.searchsorted(xyz[:, 0], foot[1, 0], side="right")]
+        strip = xyz[strips.between(foot[0, 0], foot[1, 0])]
         over = strip[(strip[:, 1] >= foot[0, 1]) & (strip[:, 1] <= foot[1, 1]), 2]
         z0, z1 = (over.min(), over.max()) if over.size else z_all
         pad = max(height_margin * (z1 - z0), min_pad)

@@ -9,7 +9,7 @@ import fsspec
 import numpy as np
 from PIL import Image, ImageDraw
 
-from partitioning.layout import Block
+from partitioning.layout import Block, XStrips
 
 #: Longer side of the map in pixels; points drawn at most.
 _SIZE = 1024
@@ -24,6 +24,19 @@ def _palette(count: int) -> list[tuple[int, int, int]]:
         r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.75, 0.85)
         out.append((int(r * 255), int(g * 255), int(b * 255)))
     return out
+
+
+def point_blocks(xy: np.ndarray, blocks: list[Block]) -> np.ndarray:
+    """(P,) int64 index of the block whose inner footprint holds each point xy (P, 2) (the last such block on a
+    shared edge), -1 outside every block."""
+    owner = np.full(len(xy), -1, dtype=np.int64)
+    strips = XStrips(xy)
+    for b, block in enumerate(blocks):
+        (x0, y0), (x1, y1) = block.inner[:, :2]
+        strip = strips.between(x0, x1)
+        y = xy[strip, 1]
+        owner[strip[(y >= y0) & (y <= y1)]] = b
+    return owner
 
 
 def draw_partition_map(
@@ -53,14 +66,13 @@ def draw_partition_map(
     colours = _palette(len(blocks))
     canvas = np.full((int(height), int(width), 3), 255, dtype=np.uint8)
     pts = xyz[:: max(1, len(xyz) // _MAX_POINTS), :2]
-    where = px(pts).astype(int)  # (P, 2) x, y
-    for colour, block in zip(colours, blocks, strict=True):
-        inside = np.all((pts >= block.inner[0, :2]) & (pts <= block.inner[1, :2]), axis=1)
-        for dx in (0, 1):  # 2 x 2 pixel dots
-            for dy in (0, 1):
-                x = np.clip(where[inside, 0] + dx, 0, width - 1)
-                y = np.clip(where[inside, 1] + dy, 0, height - 1)
-                canvas[y, x] = colour
+    owner = point_blocks(pts, blocks)
+    drawn = owner >= 0
+    where = px(pts[drawn]).astype(int)  # (P, 2) x, y
+    dots = np.array(colours, dtype=np.uint8)[owner[drawn]]  # (P, 3)
+    for dx in (0, 1):  # 2 x 2 pixel dots
+        for dy in (0, 1):
+            canvas[np.clip(where[:, 1] + dy, 0, height - 1), np.clip(where[:, 0] + dx, 0, width - 1)] = dots
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
 

@@ -36,7 +36,7 @@ from bigscene.store.blocks import (
     read_voxels,
     store_checksum,
 )
-from partitioning import camera_rays, numpy_kernels, run_partition, shuffle
+from partitioning import camera_rays, mapplot, numpy_kernels, run_partition, shuffle
 from partitioning.assign import GROUP, BlockBoxes, _assign, assign, nearest_footprint, slab
 from partitioning.layout import grid_cells, kd_cells, make_blocks, order_cells
 from partitioning.tasks import FAULT_DIR, FAULT_ENV
@@ -366,6 +366,26 @@ def test_lay_out_copies_each_ray_to_its_shuffled_row(compiled: bool, monkeypatch
         expected = joined.take(shuffle.shuffle_order(len(joined), np.random.default_rng(seeds[b])))
         for name in RAY_COLUMNS:
             np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
+
+
+def test_partition_map_colours_each_point_by_the_block_under_it(tmp_path: Path) -> None:
+    xyz = surface_points()
+    xyz = xyz[np.all((xyz >= ROI[0]) & (xyz <= ROI[1]), axis=1)]
+    blocks = make_blocks(order_cells(grid_cells(ROI[:, :2], 2, 3)), xyz, 0.15, 0.1, 0.1)
+    inside = [np.all((xyz[:, :2] >= b.inner[0, :2]) & (xyz[:, :2] <= b.inner[1, :2]), axis=1) for b in blocks]
+    expected = np.full(len(xyz), -1)
+    for b, mask in enumerate(inside):
+        expected[mask] = b  # the last block holding a point on a shared edge
+    owner = mapplot.point_blocks(xyz[:, :2], blocks)
+    np.testing.assert_array_equal(owner, expected)
+    assert (owner >= 0).all() and len(np.unique(owner)) == 6
+    centres = np.array([[0.0, 0.0, 2.0], [0.5, 0.2, 2.0]])
+    path = tmp_path / "map.png"
+    mapplot.draw_partition_map(str(path), blocks, xyz, centres, np.array([[0, 0, -1.0]] * 2), np.array([True, False]))
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    colours = {tuple(c) for c in np.unique(pixels, axis=0)}
+    assert all(colour in colours for colour in mapplot._palette(len(blocks)))  # every block's points are drawn
 
 
 def test_rerun_is_a_no_op_and_outputs_are_written(inline_run: tuple[str, dict]) -> None:
