@@ -60,13 +60,20 @@ class ImageRays:
 class BatchLayout:
     """Where one batch's rays go: each block's rays of `images` in batch order, shuffled by `shuffle_order` with a
     generator seeded by seeds[block]. `lay_out` copies the rays of a range of blocks into a buffer reused from
-    range to range, so a task holds one range's rays at a time rather than the whole batch's twice."""
+    range to range, so a task holds one range's rays at a time rather than the whole batch's twice. Each image's
+    pairs are grouped by block once (a counting sort), so a range visits only its own pairs, and a block's copies
+    read its rays and write its rows front to back."""
 
     def __init__(self, images: list[ImageRays], num_blocks: int, seeds: list[list[int]]) -> None:
         self.images = images
         self.image_counts = np.zeros((len(images), num_blocks), dtype=np.int64)  # rays of each image per block
         for row, image in zip(self.image_counts, images, strict=True):
             row += np.bincount(image.block, minlength=num_blocks)
+        # image k's pairs of block b: by_block[k][bounds[k, b]:bounds[k, b + 1]], ranked from first_rank[k, b] on
+        self.bounds = np.zeros((len(images), num_blocks + 1), dtype=np.int64)
+        np.cumsum(self.image_counts, axis=1, out=self.bounds[:, 1:])
+        self.first_rank = np.cumsum(self.image_counts, axis=0) - self.image_counts
+        self.by_block = [_group_by_block(im.block, bounds) for im, bounds in zip(images, self.bounds, strict=True)]
         self.counts = self.image_counts.sum(axis=0)  # rays per block
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)])  # block b's rows: [offsets[b], offsets[b + 1])
         starts = [
@@ -94,14 +101,15 @@ class BatchLayout:
                 **{name: np.empty((total, *shape), dtype) for name, (shape, dtype) in RAY_COLUMNS.items()}
             )
         out = self._buffer
-        filled = np.zeros(len(self.counts), dtype=np.int64)  # rays already placed per block
-        for image in self.images:
+        for k, image in enumerate(self.images):
             if not COMPILED:
-                _scatter_numpy(image, lo, hi, base, filled, self.first_run, self.starts, out)
+                _scatter_numpy(image, self.by_block[k], self.bounds[k], self.first_rank[k], lo, hi, base, self, out)
                 continue
             _scatter(
+                self.by_block[k],
+                self.bounds[k],
+                self.first_rank[k],
                 image.ray,
-                image.block,
                 image.near_far,
                 image.origins,
                 image.dirs,
@@ -111,7 +119,6 @@ class BatchLayout:
                 lo,
                 hi,
                 base,
-                filled,
                 self.first_run,
                 self.starts,
                 out.origins,
@@ -124,10 +131,31 @@ class BatchLayout:
         return [out.take(slice(self.offsets[b] - base, self.offsets[b + 1] - base)) for b in range(lo, hi)]
 
 
+def _group_by_block(block: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """(M,) int32 pair indices grouped by block, in pair order within a block (a stable sort of block (M,)), given
+    each block's first position bounds (B + 1,)."""
+    if not COMPILED:
+        return np.argsort(block, kind="stable").astype(np.int32)
+    return _counting_sort(block, bounds)
+
+
+@jit
+def _counting_sort(block: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    order = np.empty(len(block), dtype=np.int32)
+    next_slot = bounds[:-1].copy()
+    for m in range(len(block)):
+        b = block[m]
+        order[next_slot[b]] = m
+        next_slot[b] += 1
+    return order
+
+
 @jit
 def _scatter(
+    by_block: np.ndarray,
+    bounds: np.ndarray,
+    first_rank: np.ndarray,
     ray: np.ndarray,
-    block: np.ndarray,
     near_far: np.ndarray,
     origins: np.ndarray,
     dirs: np.ndarray,
@@ -137,7 +165,6 @@ def _scatter(
     lo: int,
     hi: int,
     base: int,
-    filled: np.ndarray,
     first_run: np.ndarray,
     starts: np.ndarray,
     out_origins: np.ndarray,
@@ -147,49 +174,46 @@ def _scatter(
     out_image_id: np.ndarray,
     out_pixel: np.ndarray,
 ) -> None:
-    """Copy the ray of each pair of a block in [lo, hi) to that block's next row in shuffled order, less `base`;
-    `filled` counts the rays placed per block."""
-    for m in range(len(ray)):
-        b, r = block[m], ray[m]
-        if b < lo or b >= hi:
-            continue
-        i = filled[b]
-        filled[b] = i + 1
-        row = starts[first_run[b] + i // SHUFFLE_RUN] + i % SHUFFLE_RUN - base
-        for a in range(3):
-            out_origins[row, a] = origins[r, a]
-            out_dirs[row, a] = dirs[r, a]
-            out_rgb[row, a] = rgb[r, a]
-        out_near_far[row, 0] = near_far[m, 0]
-        out_near_far[row, 1] = near_far[m, 1]
-        out_image_id[row] = image_id
-        out_pixel[row, 0] = pixel[r, 0]
-        out_pixel[row, 1] = pixel[r, 1]
+    """Copy the ray of each of an image's pairs of blocks lo..hi-1 to its block's row in shuffled order, less
+    `base`: the i-th ray of block b (counting from first_rank[b]) goes to the i % SHUFFLE_RUN-th row of its run."""
+    for b in range(lo, hi):
+        i = first_rank[b]
+        for k in range(bounds[b], bounds[b + 1]):
+            m = by_block[k]
+            r = ray[m]
+            row = starts[first_run[b] + i // SHUFFLE_RUN] + i % SHUFFLE_RUN - base
+            i += 1
+            for a in range(3):
+                out_origins[row, a] = origins[r, a]
+                out_dirs[row, a] = dirs[r, a]
+                out_rgb[row, a] = rgb[r, a]
+            out_near_far[row, 0] = near_far[m, 0]
+            out_near_far[row, 1] = near_far[m, 1]
+            out_image_id[row] = image_id
+            out_pixel[row, 0] = pixel[r, 0]
+            out_pixel[row, 1] = pixel[r, 1]
 
 
 def _scatter_numpy(
     image: ImageRays,
+    by_block: np.ndarray,
+    bounds: np.ndarray,
+    first_rank: np.ndarray,
     lo: int,
     hi: int,
     base: int,
-    filled: np.ndarray,
-    first_run: np.ndarray,
-    starts: np.ndarray,
+    layout: BatchLayout,
     out: Rays,
 ) -> None:
-    """`_scatter` for one image, vectorised, for machines without numba."""
-    block = image.block
-    in_range = np.flatnonzero((block >= lo) & (block < hi))
-    by_block = in_range[np.argsort(block[in_range], kind="stable")]  # pairs grouped by block, in ray order
-    sorted_block = block[by_block]
-    group_start = np.searchsorted(sorted_block, np.arange(len(filled)))
-    i = filled[sorted_block] + np.arange(len(by_block)) - group_start[sorted_block]  # (M,) rank in its block
-    rows = starts[first_run[sorted_block] + i // SHUFFLE_RUN] + i % SHUFFLE_RUN - base
-    r = image.ray[by_block]
+    """`_scatter`, vectorised, for machines without numba."""
+    pairs = by_block[bounds[lo] : bounds[hi]]
+    block = image.block[pairs]
+    rank = first_rank[block] + np.arange(bounds[lo], bounds[hi]) - bounds[block]  # (M,) rank in its block
+    rows = layout.starts[layout.first_run[block] + rank // SHUFFLE_RUN] + rank % SHUFFLE_RUN - base
+    r = image.ray[pairs]
     out.origins[rows] = image.origins[r]
     out.dirs[rows] = image.dirs[r]
     out.rgb[rows] = image.rgb[r]
-    out.near_far[rows] = image.near_far[by_block]
+    out.near_far[rows] = image.near_far[pairs]
     out.image_id[rows] = image.image_id
     out.pixel[rows] = image.pixel[r]
-    filled += np.bincount(sorted_block, minlength=len(filled))
