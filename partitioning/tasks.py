@@ -147,9 +147,7 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
         origins, dirs, found = _assign(job, pixel, plan)
         for reason, n in found.dropped.items():
             dropped[reason] += n
-        assigned = np.zeros(count, dtype=bool)
-        assigned[found.ray] = True
-        assigned_pixels += int(assigned.sum())
+        assigned_pixels += int(np.count_nonzero(found.ray[1:] != found.ray[:-1])) + bool(len(found.ray))  # ray order
         background += np.bincount(found.block[found.background], minlength=num_blocks)
         images.append(ImageRays(job.index, origins, dirs, rgb, pixel, found.ray, found.block, found.near_far))
 
