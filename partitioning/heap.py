@@ -3,8 +3,9 @@
 A task allocates and frees the same tens of megabytes for every image (rays, pixels, assignment buffers, Zarr's
 chunk buffers). glibc returns freed blocks over 128 kB (its threshold grows only up to 32 MB, and the top of the
 heap is trimmed once 2x that is free), so the next image faults every page in again: hundreds of thousands of
-page faults per run, a third of a run's time on a VM. Fixing both thresholds keeps freed memory in the heap for
-reuse; what a process holds stays bounded by its largest batch. A no-op off glibc.
+page faults per run, and unmapping memory that other threads have touched is costly on a VM. Fixing both
+thresholds keeps freed memory in the heap for reuse by the process's later allocations, for the rest of its life
+(with the inline engine, the driver's); what it holds stays bounded by its largest batch. A no-op off glibc.
 """
 
 from __future__ import annotations

@@ -147,7 +147,8 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
         origins, dirs, found = _assign(job, pixel, plan)
         for reason, n in found.dropped.items():
             dropped[reason] += n
-        assigned_pixels += int(np.count_nonzero(found.ray[1:] != found.ray[:-1])) + bool(len(found.ray))  # ray order
+        distinct = np.count_nonzero(found.ray[1:] != found.ray[:-1]) + bool(len(found.ray))  # pairs in ray order
+        assigned_pixels += int(distinct)
         background += np.bincount(found.block[found.background], minlength=num_blocks)
         images.append(ImageRays(job.index, origins, dirs, rgb, pixel, found.ray, found.block, found.near_far))
 

@@ -181,7 +181,7 @@ def create_ray_store(path: str, capacity: int, chunk: int) -> None:
 
 def create_ray_stores(paths: Sequence[str], capacity: int, chunk: int) -> None:
     """`create_ray_store` at each path: Zarr makes the first, the others get copies of its metadata documents
-    (the same stores, a quarter of the time: a partition creates one per block)."""
+    (the same stores in about a third of the time: a partition creates one per block)."""
     if not paths:
         return
     create_ray_store(paths[0], capacity, chunk)
