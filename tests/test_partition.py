@@ -396,6 +396,9 @@ def test_rerun_is_a_no_op_and_outputs_are_written(inline_run: tuple[str, dict]) 
     assert store.stat().st_mtime_ns == before
     assert not (Path(ws) / "partition_work").exists()
     assert (Path(ws) / "partition.config.yaml").is_file()
+    timings = summary["timings"]
+    assert set(timings) == {"plan", "batches", "finish"} and min(timings.values()) > 0
+    assert sum(timings.values()) <= summary["seconds"]
     with Image.open(summary["map"]) as image:
         assert image.size[0] > 500
     with pytest.raises(WorkspaceError, match="--overwrite"):
