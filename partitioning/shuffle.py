@@ -103,7 +103,7 @@ class BatchLayout:
         out = self._buffer
         for k, image in enumerate(self.images):
             if not COMPILED:
-                _scatter_numpy(image, self.by_block[k], self.bounds[k], self.first_rank[k], lo, hi, base, self, out)
+                _scatter_numpy(self, k, lo, hi, base, out)
                 continue
             _scatter(
                 self.by_block[k],
@@ -194,21 +194,12 @@ def _scatter(
             out_pixel[row, 1] = pixel[r, 1]
 
 
-def _scatter_numpy(
-    image: ImageRays,
-    by_block: np.ndarray,
-    bounds: np.ndarray,
-    first_rank: np.ndarray,
-    lo: int,
-    hi: int,
-    base: int,
-    layout: BatchLayout,
-    out: Rays,
-) -> None:
-    """`_scatter`, vectorised, for machines without numba."""
-    pairs = by_block[bounds[lo] : bounds[hi]]
+def _scatter_numpy(layout: BatchLayout, k: int, lo: int, hi: int, base: int, out: Rays) -> None:
+    """`_scatter` for image k of the layout, vectorised, for machines without numba."""
+    image, bounds = layout.images[k], layout.bounds[k]
+    pairs = layout.by_block[k][bounds[lo] : bounds[hi]]
     block = image.block[pairs]
-    rank = first_rank[block] + np.arange(bounds[lo], bounds[hi]) - bounds[block]  # (M,) rank in its block
+    rank = layout.first_rank[k, block] + np.arange(bounds[lo], bounds[hi]) - bounds[block]  # (M,) rank in its block
     rows = layout.starts[layout.first_run[block] + rank // SHUFFLE_RUN] + rank % SHUFFLE_RUN - base
     r = image.ray[pairs]
     out.origins[rows] = image.origins[r]
