@@ -40,7 +40,7 @@ from bigscene.store.blocks import (
     slot_starts,
     voxels_path,
     work_path,
-    write_voxels,
+    write_voxel_stores,
 )
 from bigscene.store.scene_store import scene_path
 from bigscene.store.workspace import join, read_json, write_json_atomic
@@ -211,22 +211,15 @@ class Driver:
             cells = order_cells(merge_cell(cells, int(empty[0]), counts))
 
     def _write_voxels(self, blocks: list[Block]) -> dict[str, int]:
-        cfg = self.config
-        counts = {}
         strips = XStrips(self.xyz)
+        stores = []
         for block in blocks:
             under = self.xyz[strips.between(block.outer[0, 0], block.outer[1, 0])]
             coords = surface_voxels(under, block.outer, self.lattice)  # (V, 3) int32
-            write_voxels(
-                voxels_path(self.workspace, block.id),
-                coords,
-                origin=self.lattice.origin,
-                voxel_size=cfg.voxel_size,
-                dilation=1,
-                min_track_length=cfg.min_track_length,
-            )
-            counts[block.id] = len(coords)
-        return counts
+            stores.append((voxels_path(self.workspace, block.id), coords))
+        min_track_length = self.config.min_track_length
+        write_voxel_stores(stores, self.lattice.origin, self.config.voxel_size, 1, min_track_length)
+        return {block.id: len(coords) for block, (_, coords) in zip(blocks, stores, strict=True)}
 
     def _write_batches(self, engine: Engine, plan: Plan) -> list[dict]:
         markers: dict[int, dict] = {}

@@ -17,7 +17,9 @@ from bigscene.store.blocks import (
     finish_ray_store,
     ray_store_info,
     read_rays,
+    read_voxels,
     write_slot,
+    write_voxel_stores,
 )
 
 
@@ -164,3 +166,16 @@ def test_ray_stores_are_compressed(tmp_path: Path) -> None:
     got = read_rays(str(path))
     for name in RAY_COLUMNS:
         np.testing.assert_array_equal(getattr(got, name), getattr(rays, name))
+
+
+def test_voxel_stores_written_together_read_back(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    coords = [rng.integers(-5, 50, (n, 3)).astype(np.int32) for n in (300, 0, 4000)]
+    paths = [str(tmp_path / f"b{i}" / "voxels.zarr") for i in range(3)]
+    write_voxel_stores(list(zip(paths, coords, strict=True)), np.array([1.0, 2.0, 3.0]), 0.5, 1, 3)
+    for path, expected in zip(paths, coords, strict=True):
+        voxels = read_voxels(path)
+        np.testing.assert_array_equal(voxels.coords, expected)
+        np.testing.assert_array_equal(voxels.origin, [1.0, 2.0, 3.0])
+        attrs = zarr.open_group(path, mode="r").attrs.asdict()
+        assert attrs["complete"] and attrs["voxel_size"] == 0.5 and attrs["min_track_length"] == 3
