@@ -15,6 +15,7 @@ from bigscene.store.blocks import (
     create_ray_store,
     create_ray_stores,
     finish_ray_store,
+    finish_ray_stores,
     ray_store_info,
     read_rays,
     read_voxels,
@@ -179,3 +180,14 @@ def test_voxel_stores_written_together_read_back(tmp_path: Path) -> None:
         np.testing.assert_array_equal(voxels.origin, [1.0, 2.0, 3.0])
         attrs = zarr.open_group(path, mode="r").attrs.asdict()
         assert attrs["complete"] and attrs["voxel_size"] == 0.5 and attrs["min_track_length"] == 3
+
+
+def test_finishing_checks_segments_and_marks_each_store_complete(tmp_path: Path) -> None:
+    paths = [str(tmp_path / f"b{i}" / "rays.zarr") for i in range(3)]
+    create_ray_stores(paths, 4 * 512, 512)
+    with pytest.raises(ValueError, match="b0.*chunk boundaries"):
+        finish_ray_stores([(paths[0], [(0, 10), (700, 5)], ["a", "b"])])  # 700 is inside a chunk
+    assert ray_store_info(paths[0]) is None  # left unfinished
+    infos = finish_ray_stores([(paths[1], [(0, 10), (1024, 5)], ["a", "b"]), (paths[2], [(512, 3)], ["c"])])
+    assert [info["count"] for info in infos] == [15, 3]
+    assert [ray_store_info(p) for p in paths[1:]] == infos

@@ -49,8 +49,9 @@ BLOCKS_DIR = "blocks"
 WORK_DIR = "partition_work"
 #: Stores `write_slot` writes at once: enough to hide Zarr's per-call latency, few to bound its chunk buffers.
 STORES_IN_FLIGHT = 4
-#: Voxel stores `write_voxel_stores` writes at once (small: their round trips, not their bytes, take the time).
-VOXEL_STORES_IN_FLIGHT = 16
+#: Stores whose small writes (voxels, finishing records) go at once: their round trips, not their bytes, take the
+#: time.
+METADATA_STORES_IN_FLIGHT = 16
 
 #: Ray columns: name -> (trailing shape, dtype).
 RAY_COLUMNS: dict[str, tuple[tuple[int, ...], np.dtype]] = {
@@ -242,18 +243,38 @@ def store_checksum(checksums: Sequence[str]) -> str:
 def finish_ray_store(path: str, segments: Sequence[tuple[int, int]], checksums: Sequence[str]) -> dict:
     """Record a store's segments ((start row, ray count), non-empty, in order) and checksum, then mark it
     complete in a last, separate write; returns `ray_store_info`'s record."""
-    root = zarr.open_group(path, mode="r+")
-    chunk = root["image_id"].chunks[0]
-    ends = [0] + [start + n for start, n in segments]
-    if len(checksums) != len(segments) or any(
-        n <= 0 or start % chunk or start < end for (start, n), end in zip(segments, ends, strict=False)
-    ):
-        raise ValueError(f"{path}: segments {segments} must be non-empty, ordered and start on chunk boundaries")
-    count = sum(n for _, n in segments)
-    checksum = store_checksum(checksums)
-    root.update_attributes({"count": count, "segments": [[int(s), int(n)] for s, n in segments], "checksum": checksum})
-    root.update_attributes({"complete": True})
-    return {"count": count, "checksum": checksum}
+    return finish_ray_stores([(path, segments, checksums)])[0]
+
+
+def finish_ray_stores(stores: Sequence[tuple[str, Sequence[tuple[int, int]], Sequence[str]]]) -> list[dict]:
+    """`finish_ray_store` for each (path, segments, checksums), concurrently through Zarr's async API (a partition
+    finishes one store per block); a store is marked complete only after its own records are written."""
+
+    async def finish(
+        path: str, segments: Sequence[tuple[int, int]], checksums: Sequence[str], slots: asyncio.Semaphore
+    ) -> dict:
+        async with slots:
+            root = await zarr.api.asynchronous.open_group(path, mode="r+")
+            chunk = (await root.getitem("image_id")).chunks[0]
+            ends = [0] + [start + n for start, n in segments]
+            if len(checksums) != len(segments) or any(
+                n <= 0 or start % chunk or start < end for (start, n), end in zip(segments, ends, strict=False)
+            ):
+                raise ValueError(
+                    f"{path}: segments {segments} must be non-empty, ordered and start on chunk boundaries"
+                )
+            count = sum(n for _, n in segments)
+            checksum = store_checksum(checksums)
+            listed = [[int(s), int(n)] for s, n in segments]
+            await root.update_attributes({"count": count, "segments": listed, "checksum": checksum})
+            await root.update_attributes({"complete": True})
+            return {"count": count, "checksum": checksum}
+
+    async def finish_all() -> list[dict]:
+        slots = asyncio.Semaphore(METADATA_STORES_IN_FLIGHT)
+        return await asyncio.gather(*(finish(*store, slots) for store in stores))
+
+    return sync(finish_all())
 
 
 class RayStoreWriter:
@@ -427,7 +448,7 @@ def write_voxel_stores(
             await root.update_attributes(attributes)  # complete, after the coordinates
 
     async def write_all() -> None:
-        slots = asyncio.Semaphore(VOXEL_STORES_IN_FLIGHT)
+        slots = asyncio.Semaphore(METADATA_STORES_IN_FLIGHT)
         await asyncio.gather(*(write(path, coords, slots) for path, coords in stores))
 
     sync(write_all())
