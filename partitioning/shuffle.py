@@ -43,12 +43,12 @@ def run_starts(count: int, rng: np.random.Generator) -> np.ndarray:
 
 @dataclass
 class ImageRays:
-    """One image's rays and their assignment: origins, dirs (N, 3) float32, rgb (N, 3) uint8, pixel (N, 2)
-    uint16, and the M (ray, block) pairs ray (M,) int64, block (M,) int32, near_far (M, 2) float32, in ray
-    order."""
+    """One image's rays and their assignment: origin (3,) float32 (the camera centre, every ray's origin), dirs
+    (N, 3) float32, rgb (N, 3) uint8, pixel (N, 2) uint16, and the M (ray, block) pairs ray (M,) int64, block (M,)
+    int32, near_far (M, 2) float32, in ray order."""
 
     image_id: int
-    origins: np.ndarray
+    origin: np.ndarray
     dirs: np.ndarray
     rgb: np.ndarray
     pixel: np.ndarray
@@ -111,7 +111,7 @@ class BatchLayout:
                 self.first_rank[k],
                 image.ray,
                 image.near_far,
-                image.origins,
+                image.origin,
                 image.dirs,
                 image.rgb,
                 image.pixel,
@@ -157,7 +157,7 @@ def _scatter(
     first_rank: np.ndarray,
     ray: np.ndarray,
     near_far: np.ndarray,
-    origins: np.ndarray,
+    origin: np.ndarray,
     dirs: np.ndarray,
     rgb: np.ndarray,
     pixel: np.ndarray,
@@ -184,7 +184,7 @@ def _scatter(
             row = starts[first_run[b] + i // SHUFFLE_RUN] + i % SHUFFLE_RUN - base
             i += 1
             for a in range(3):
-                out_origins[row, a] = origins[r, a]
+                out_origins[row, a] = origin[a]
                 out_dirs[row, a] = dirs[r, a]
                 out_rgb[row, a] = rgb[r, a]
             out_near_far[row, 0] = near_far[m, 0]
@@ -202,7 +202,7 @@ def _scatter_numpy(layout: BatchLayout, k: int, lo: int, hi: int, base: int, out
     rank = layout.first_rank[k, block] + np.arange(bounds[lo], bounds[hi]) - bounds[block]  # (M,) rank in its block
     rows = layout.starts[layout.first_run[block] + rank // SHUFFLE_RUN] + rank % SHUFFLE_RUN - base
     r = image.ray[pairs]
-    out.origins[rows] = image.origins[r]
+    out.origins[rows] = image.origin
     out.dirs[rows] = image.dirs[r]
     out.rgb[rows] = image.rgb[r]
     out.near_far[rows] = image.near_far[pairs]

@@ -150,7 +150,8 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
         distinct = np.count_nonzero(found.ray[1:] != found.ray[:-1]) + bool(len(found.ray))  # pairs in ray order
         assigned_pixels += int(distinct)
         background += np.bincount(found.block[found.background], minlength=num_blocks)
-        images.append(ImageRays(job.index, origins, dirs, rgb, pixel, found.ray, found.block, found.near_far))
+        origin = origins[0].copy()  # every ray's: the camera centre
+        images.append(ImageRays(job.index, origin, dirs, rgb, pixel, found.ray, found.block, found.near_far))
 
     layout = BatchLayout(images, num_blocks, [[plan.seed, batch.index, b] for b in range(num_blocks)])
     block_images = [

@@ -327,7 +327,7 @@ def test_lay_out_copies_each_ray_to_its_shuffled_row(compiled: bool, monkeypatch
         images.append(
             shuffle.ImageRays(
                 image_id,
-                rng.normal(size=(n, 3)).astype(np.float32),
+                rng.normal(size=3).astype(np.float32),
                 rng.normal(size=(n, 3)).astype(np.float32),
                 rng.integers(0, 256, (n, 3), dtype=np.uint8),
                 rng.integers(0, 1000, (n, 2), dtype=np.uint16),
@@ -354,7 +354,7 @@ def test_lay_out_copies_each_ray_to_its_shuffled_row(compiled: bool, monkeypatch
             r = image.ray[pairs]
             parts.append(
                 Rays(
-                    image.origins[r],
+                    np.tile(image.origin, (len(r), 1)),
                     image.dirs[r],
                     image.rgb[r],
                     image.near_far[pairs],
