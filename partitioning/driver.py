@@ -236,20 +236,15 @@ class Driver:
 
     def _finalise(self, plan: Plan, markers: list[dict]) -> dict[str, dict]:
         """Each block's `{count, checksum}`, marking its store complete (segments from the markers) if not yet."""
-        stores: dict[str, dict] = {}
-        unfinished = []
-        for block_id in plan.block_ids:
-            path = rays_path(self.workspace, block_id)
-            info = ray_store_info(path)
-            if info is None:
-                done = [m for m in markers if block_id in m["rays"]]
-                segments = [(m["slot"], m["rays"][block_id]) for m in done]
-                unfinished.append((block_id, (path, segments, [m["checksums"][block_id] for m in done])))
-            else:
-                stores[block_id] = info
-        finished = finish_ray_stores([store for _, store in unfinished])
-        stores.update(zip([block_id for block_id, _ in unfinished], finished, strict=True))
-        return {block_id: stores[block_id] for block_id in plan.block_ids}
+        stores = {block_id: ray_store_info(rays_path(self.workspace, block_id)) for block_id in plan.block_ids}
+        unfinished = [block_id for block_id, info in stores.items() if info is None]
+        records = []
+        for block_id in unfinished:
+            done = [m for m in markers if block_id in m["rays"]]
+            segments = [(m["slot"], m["rays"][block_id]) for m in done]
+            records.append((rays_path(self.workspace, block_id), segments, [m["checksums"][block_id] for m in done]))
+        stores.update(zip(unfinished, finish_ray_stores(records), strict=True))
+        return stores
 
     def _records(
         self, blocks: list[Block], saved: dict[str, Any], markers: list[dict], stores: dict[str, dict]

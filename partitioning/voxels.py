@@ -120,8 +120,8 @@ def _clip(p: float, d: float, size: int, lo_t: float, hi_t: float) -> tuple[floa
 
 #: Columns of `march`'s per-ray state: position p and direction d (cells), inverse direction, t per cell along the
 #: largest axis, the clipped range [lo, hi] and the current t.
-_PX, _PY, _PZ, _DX, _DY, _DZ, _IX, _IY, _IZ, _REACH, _LO, _HI, _T = range(13)
 MARCH_STATE = 13
+_PX, _PY, _PZ, _DX, _DY, _DZ, _IX, _IY, _IZ, _REACH, _LO, _HI, _T = range(MARCH_STATE)
 
 
 @jit

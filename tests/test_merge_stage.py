@@ -23,7 +23,7 @@ from bigscene.merge.views import look_at
 from bigscene.scene import Camera, ImageRecord, Scene
 from bigscene.scene.geometry import make_similarity
 from bigscene.store import write_scene
-from bigscene.store.blocks import block_json_path, voxels_path, write_voxels
+from bigscene.store.blocks import block_json_path, voxels_path, write_voxel_stores
 from bigscene.store.workspace import write_json_atomic
 
 ROI = np.array([[-20.0, -20.0, -1.0], [20.0, 20.0, 8.0]])
@@ -112,7 +112,7 @@ def make_workspace(root: Path, world_from_input: np.ndarray | None = None) -> st
             block_json_path(str(ws), box.id), {"id": box.id, "inner": box.inner.tolist(), "outer": box.outer.tolist()}
         )
         mine = ground[np.all((ground >= box.outer[0]) & (ground <= box.outer[1]), axis=1)]
-        write_voxels(voxels_path(str(ws), box.id), np.floor(mine).astype(np.int32), np.zeros(3), 1.0, 1, 2)
+        write_voxel_stores([(voxels_path(str(ws), box.id), np.floor(mine).astype(np.int32))], np.zeros(3), 1.0, 1, 2)
     return str(ws)
 
 

@@ -25,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import fsspec
 import google_crc32c
@@ -43,6 +44,8 @@ if google_crc32c.implementation != "c":
     logging.getLogger(__name__).warning(
         "google-crc32c has no compiled extension here: ray checksums will be slow; reinstall google-crc32c"
     )
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 2
 BLOCKS_DIR = "blocks"
@@ -195,6 +198,20 @@ def create_ray_stores(paths: Sequence[str], capacity: int, chunk: int) -> None:
         fs.copy(template, fsspec.core.url_to_fs(path)[1], recursive=True)
 
 
+def _concurrently(limit: int, work: Callable[..., Awaitable[T]], items: Iterable[tuple]) -> list[T]:
+    """`work(*item)` for each item on Zarr's event loop, at most `limit` at once; the results in item order."""
+
+    async def bounded(slots: asyncio.Semaphore, item: tuple) -> T:
+        async with slots:
+            return await work(*item)
+
+    async def run() -> list[T]:
+        slots = asyncio.Semaphore(limit)
+        return await asyncio.gather(*(bounded(slots, item) for item in items))
+
+    return sync(run())
+
+
 def write_slot(start: int, stores: Sequence[tuple[str, Rays]]) -> list[str]:
     """Write each (store path, rays) pair's rays to the store's rows [start, start + N); returns the RayChecksum
     of each store's rays. The stores come from `create_ray_store`; `start` is a chunk boundary.
@@ -204,29 +221,24 @@ def write_slot(start: int, stores: Sequence[tuple[str, Rays]]) -> list[str]:
     dominate compression.
     """
 
-    async def write(path: str, rays: Rays, slots: asyncio.Semaphore) -> None:
-        async with slots:
-            root = await zarr.api.asynchronous.open_group(path, mode="r+")
-            arrays = await asyncio.gather(*(root.getitem(name) for name in RAY_COLUMNS))
-            capacity, chunk = arrays[0].shape[0], arrays[0].chunks[0]
-            if start % chunk or start + len(rays) > capacity:
-                raise ValueError(
-                    f"{path}: cannot write {len(rays)} rays from row {start}: a slot starts on a chunk boundary "
-                    f"({chunk} rows) and ends within the store's {capacity} rows"
-                )
-            rows = slice(start, start + len(rays))
-            await asyncio.gather(
-                *(
-                    array.with_config({"write_empty_chunks": True}).setitem(rows, getattr(rays, name))
-                    for name, array in zip(RAY_COLUMNS, arrays, strict=True)
-                )
+    async def write(path: str, rays: Rays) -> None:
+        root = await zarr.api.asynchronous.open_group(path, mode="r+")
+        arrays = await asyncio.gather(*(root.getitem(name) for name in RAY_COLUMNS))
+        capacity, chunk = arrays[0].shape[0], arrays[0].chunks[0]
+        if start % chunk or start + len(rays) > capacity:
+            raise ValueError(
+                f"{path}: cannot write {len(rays)} rays from row {start}: a slot starts on a chunk boundary "
+                f"({chunk} rows) and ends within the store's {capacity} rows"
             )
+        rows = slice(start, start + len(rays))
+        await asyncio.gather(
+            *(
+                array.with_config({"write_empty_chunks": True}).setitem(rows, getattr(rays, name))
+                for name, array in zip(RAY_COLUMNS, arrays, strict=True)
+            )
+        )
 
-    async def write_all() -> None:
-        slots = asyncio.Semaphore(STORES_IN_FLIGHT)
-        await asyncio.gather(*(write(path, rays, slots) for path, rays in stores))
-
-    sync(write_all())
+    _concurrently(STORES_IN_FLIGHT, write, stores)
     checksums = []
     for _, rays in stores:
         digest = RayChecksum()
@@ -250,31 +262,22 @@ def finish_ray_stores(stores: Sequence[tuple[str, Sequence[tuple[int, int]], Seq
     """`finish_ray_store` for each (path, segments, checksums), concurrently through Zarr's async API (a partition
     finishes one store per block); a store is marked complete only after its own records are written."""
 
-    async def finish(
-        path: str, segments: Sequence[tuple[int, int]], checksums: Sequence[str], slots: asyncio.Semaphore
-    ) -> dict:
-        async with slots:
-            root = await zarr.api.asynchronous.open_group(path, mode="r+")
-            chunk = (await root.getitem("image_id")).chunks[0]
-            ends = [0] + [start + n for start, n in segments]
-            if len(checksums) != len(segments) or any(
-                n <= 0 or start % chunk or start < end for (start, n), end in zip(segments, ends, strict=False)
-            ):
-                raise ValueError(
-                    f"{path}: segments {segments} must be non-empty, ordered and start on chunk boundaries"
-                )
-            count = sum(n for _, n in segments)
-            checksum = store_checksum(checksums)
-            listed = [[int(s), int(n)] for s, n in segments]
-            await root.update_attributes({"count": count, "segments": listed, "checksum": checksum})
-            await root.update_attributes({"complete": True})
-            return {"count": count, "checksum": checksum}
+    async def finish(path: str, segments: Sequence[tuple[int, int]], checksums: Sequence[str]) -> dict:
+        root = await zarr.api.asynchronous.open_group(path, mode="r+")
+        chunk = (await root.getitem("image_id")).chunks[0]
+        ends = [0] + [start + n for start, n in segments]
+        if len(checksums) != len(segments) or any(
+            n <= 0 or start % chunk or start < end for (start, n), end in zip(segments, ends, strict=False)
+        ):
+            raise ValueError(f"{path}: segments {segments} must be non-empty, ordered and start on chunk boundaries")
+        count = sum(n for _, n in segments)
+        checksum = store_checksum(checksums)
+        listed = [[int(s), int(n)] for s, n in segments]
+        await root.update_attributes({"count": count, "segments": listed, "checksum": checksum})
+        await root.update_attributes({"complete": True})
+        return {"count": count, "checksum": checksum}
 
-    async def finish_all() -> list[dict]:
-        slots = asyncio.Semaphore(METADATA_STORES_IN_FLIGHT)
-        return await asyncio.gather(*(finish(*store, slots) for store in stores))
-
-    return sync(finish_all())
+    return _concurrently(METADATA_STORES_IN_FLIGHT, finish, stores)
 
 
 class RayStoreWriter:
@@ -411,13 +414,6 @@ def read_rays(path: str, start: int = 0, stop: int | None = None) -> Rays:
     return open_ray_store(path).read(start, stop)
 
 
-def write_voxels(
-    path: str, coords: np.ndarray, origin: np.ndarray, voxel_size: float, dilation: int, min_track_length: int
-) -> None:
-    """A block's sparse surface voxels. coords: (V, 3) int32 indices; voxel ijk spans origin + ijk * size."""
-    write_voxel_stores([(path, coords)], origin, voxel_size, dilation, min_track_length)
-
-
 def write_voxel_stores(
     stores: Sequence[tuple[str, np.ndarray]],
     origin: np.ndarray,
@@ -425,8 +421,9 @@ def write_voxel_stores(
     dilation: int,
     min_track_length: int,
 ) -> None:
-    """`write_voxels` for each (path, coords) pair, concurrently through Zarr's async API: a partition writes one
-    small store per block, and each costs a few metadata round trips."""
+    """Blocks' sparse surface voxels: for each (path, coords (V, 3) int32 indices) a store where voxel ijk spans
+    origin + ijk * voxel_size. Written concurrently through Zarr's async API: a partition writes one small store
+    per block, and each costs a few metadata round trips."""
     attributes = {
         "schema_version": SCHEMA_VERSION,
         "origin": np.asarray(origin, dtype=np.float64).tolist(),
@@ -436,22 +433,17 @@ def write_voxel_stores(
         "complete": True,
     }
 
-    async def write(path: str, coords: np.ndarray, slots: asyncio.Semaphore) -> None:
+    async def write(path: str, coords: np.ndarray) -> None:
         coords = np.ascontiguousarray(coords, dtype=np.int32).reshape(-1, 3)
-        async with slots:
-            root = await zarr.api.asynchronous.open_group(path, mode="w")
-            array = await root.create_array(
-                "coords", shape=coords.shape, dtype=np.int32, chunks=(max(1, min(len(coords), 1 << 18)), 3)
-            )
-            if len(coords):
-                await array.setitem(slice(None), coords)
-            await root.update_attributes(attributes)  # complete, after the coordinates
+        root = await zarr.api.asynchronous.open_group(path, mode="w")
+        array = await root.create_array(
+            "coords", shape=coords.shape, dtype=np.int32, chunks=(max(1, min(len(coords), 1 << 18)), 3)
+        )
+        if len(coords):
+            await array.setitem(slice(None), coords)
+        await root.update_attributes(attributes)  # complete, after the coordinates
 
-    async def write_all() -> None:
-        slots = asyncio.Semaphore(METADATA_STORES_IN_FLIGHT)
-        await asyncio.gather(*(write(path, coords, slots) for path, coords in stores))
-
-    sync(write_all())
+    _concurrently(METADATA_STORES_IN_FLIGHT, write, stores)
 
 
 @dataclass
