@@ -1,7 +1,9 @@
 """The workspace scene store: written through bigscene.store, read back identically."""
 
+import posixpath
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 import zarr
@@ -113,6 +115,18 @@ def test_fsspec_memory_url_workspace() -> None:
     assert_same_scene(scene, read_scene("memory://bigscene-test-ws"))
 
 
+def _random_rays(n: int, seed: int) -> Rays:
+    rng = np.random.default_rng(seed)
+    return Rays(
+        rng.normal(size=(n, 3)),
+        rng.normal(size=(n, 3)),
+        rng.integers(0, 256, (n, 3)),
+        rng.random((n, 2)),
+        np.arange(n),
+        rng.integers(0, 99, (n, 2)),
+    )
+
+
 def test_block_ray_stores_made_from_a_template_match_a_zarr_made_one(tmp_path: Path) -> None:
     """Stores whose metadata is copied from the first are the stores Zarr makes: same arrays, chunks, codecs and
     attributes; each takes writes on its own; a leftover at a path is replaced."""
@@ -128,20 +142,40 @@ def test_block_ray_stores_made_from_a_template_match_a_zarr_made_one(tmp_path: P
         assert root.attrs.asdict() == expected.attrs.asdict()
         for name in RAY_COLUMNS:
             assert root[name].metadata == expected[name].metadata
-    rng = np.random.default_rng(0)
-    rays = Rays(
-        rng.normal(size=(700, 3)),
-        rng.normal(size=(700, 3)),
-        rng.integers(0, 256, (700, 3)),
-        rng.random((700, 2)),
-        np.arange(700),
-        rng.integers(0, 99, (700, 2)),
-    )
+    rays = _random_rays(700, seed=0)
     finish_ray_store(paths[1], [(512, 700)], write_slot(512, [(paths[1], rays)]))
     got = read_rays(paths[1])
     for name in RAY_COLUMNS:
         np.testing.assert_array_equal(getattr(got, name), getattr(rays, name))
     assert ray_store_info(paths[0]) is None and ray_store_info(paths[2]) is None  # untouched, unfinished
+
+
+def _stored_files(path: str) -> dict[str, bytes]:
+    fs, root = fsspec.core.url_to_fs(path)
+    return {posixpath.relpath(f, root): fs.cat_file(f) for f in fs.find(root)}
+
+
+@pytest.mark.parametrize("where", ["file", "memory"])
+def test_slot_chunks_are_the_files_zarr_writes(tmp_path: Path, where: str) -> None:
+    """write_slot encodes and writes chunks itself: a slot of 700 rays (a partial last chunk) gives the very files
+    Zarr's own write of the same rows gives, on disk and in an fsspec memory store; a slot off a chunk boundary
+    or past the store's end is refused and writes nothing."""
+    base = str(tmp_path) if where == "file" else f"memory://slot-{tmp_path.name}"
+    ours, zarrs = f"{base}/ours.zarr", f"{base}/zarrs.zarr"
+    create_ray_stores([ours, zarrs], 3 * 512, 512)
+    rays = _random_rays(700, seed=2)
+    write_slot(512, [(ours, rays)])
+    root = zarr.open_group(zarrs, mode="r+")
+    for name in RAY_COLUMNS:
+        root[name][512:1212] = getattr(rays, name)
+    files = _stored_files(ours)
+    assert len(files) == 1 + len(RAY_COLUMNS) * 3  # the group, then each column's metadata and two chunks
+    assert files == _stored_files(zarrs)
+    with pytest.raises(ValueError, match="chunk boundary"):
+        write_slot(100, [(ours, rays)])
+    with pytest.raises(ValueError, match="within the store"):
+        write_slot(1024, [(ours, rays)])
+    assert _stored_files(ours) == files
 
 
 def test_ray_stores_are_compressed(tmp_path: Path) -> None:
