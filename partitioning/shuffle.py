@@ -15,6 +15,9 @@ import numpy as np
 from bigscene.store.blocks import RAY_COLUMNS, Rays
 from partitioning.compiled import COMPILED, jit
 
+#: Buffers `BatchLayout.lay_out` fills in turn: a range's rays are written while the next range is laid out.
+LAYOUT_BUFFERS = 2
+
 #: Rays are shuffled in runs of this many consecutive rays (16 x 4 pixels in tile order): a 64k-ray chunk still
 #: mixes about a thousand patches of every image in the batch, and the copy stays cache-friendly. Training
 #: shuffles individual rays again in its buffer.
@@ -59,10 +62,10 @@ class ImageRays:
 
 class BatchLayout:
     """Where one batch's rays go: each block's rays of `images` in batch order, shuffled by `shuffle_order` with a
-    generator seeded by seeds[block]. `lay_out` copies the rays of a range of blocks into a buffer reused from
-    range to range, so a task holds one range's rays at a time rather than the whole batch's twice. Each image's
-    pairs are grouped by block once (a counting sort), so a range visits only its own pairs, and a block's copies
-    read its rays and write its rows front to back."""
+    generator seeded by seeds[block]. `lay_out` copies the rays of a range of blocks into one of LAYOUT_BUFFERS
+    buffers reused in turn, so a task holds a few ranges' rays at a time rather than the whole batch's twice. Each
+    image's pairs are grouped by block once (a counting sort), so a range visits only its own pairs, and a block's
+    copies read its rays and write its rows front to back."""
 
     def __init__(self, images: list[ImageRays], num_blocks: int, seeds: list[list[int]]) -> None:
         self.images = images
@@ -81,7 +84,8 @@ class BatchLayout:
         ]
         self.first_run = np.concatenate([[0], np.cumsum([len(s) for s in starts])])  # block b's runs start here
         self.starts = np.concatenate(starts).astype(np.int64)  # (runs,) output row of each run, all blocks
-        self._buffer = Rays.empty()
+        self._buffers = [Rays.empty() for _ in range(LAYOUT_BUFFERS)]
+        self._turn = 0
 
     def ranges(self, max_rays: int) -> list[tuple[int, int]]:
         """Consecutive block ranges [lo, hi) of at most max_rays rays each (or one block, if it holds more)."""
@@ -93,14 +97,15 @@ class BatchLayout:
         return out
 
     def lay_out(self, lo: int, hi: int) -> list[Rays]:
-        """The rays of blocks lo..hi-1, one Rays each (empty where a block got none): views into the buffer, valid
-        until the next call."""
+        """The rays of blocks lo..hi-1, one Rays each (empty where a block got none): views into a buffer, valid
+        until LAYOUT_BUFFERS more calls."""
         base, total = int(self.offsets[lo]), int(self.offsets[hi] - self.offsets[lo])
-        if len(self._buffer) < total:
-            self._buffer = Rays(
+        turn, self._turn = self._turn, (self._turn + 1) % LAYOUT_BUFFERS
+        if len(self._buffers[turn]) < total:
+            self._buffers[turn] = Rays(
                 **{name: np.empty((total, *shape), dtype) for name, (shape, dtype) in RAY_COLUMNS.items()}
             )
-        out = self._buffer
+        out = self._buffers[turn]
         for k, image in enumerate(self.images):
             if not COMPILED:
                 _scatter_numpy(self, k, lo, hi, base, out)

@@ -15,6 +15,7 @@ import logging
 import os
 import posixpath
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import fsspec
@@ -23,12 +24,12 @@ import numpy as np
 from bigscene.errors import InputError
 from bigscene.scene.cameras import Camera
 from bigscene.scene.images import load_image
-from bigscene.store.blocks import batch_marker_path, rays_path, write_slot
+from bigscene.store.blocks import SlotWrite, batch_marker_path, rays_path, start_slot
 from bigscene.store.workspace import join, write_json_atomic
 from partitioning.assign import Assignment, BlockBoxes, assign, tile_order
 from partitioning.camera_rays import image_rays
 from partitioning.heap import keep_freed_memory
-from partitioning.shuffle import BatchLayout, ImageRays
+from partitioning.shuffle import LAYOUT_BUFFERS, BatchLayout, ImageRays
 from partitioning.voxels import VisibilityGrid
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,8 @@ FAULT_ENV = "BIGSCENE_PARTITION_FAULT"
 FAULT_DIR = "partition_faults"
 
 
-#: Rays laid out and written at once (a range of blocks; about 90 MB): a task holds these, not its whole batch,
-#: twice.
+#: Rays laid out and written at once (a range of blocks; about 90 MB): a task holds LAYOUT_BUFFERS of these, not its
+#: whole batch, twice.
 LAYOUT_RAYS = 1 << 21
 
 
@@ -158,15 +159,21 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
         [image.image_id for image, n in zip(images, column, strict=True) if n] for column in layout.image_counts.T
     ]
     rays_written, checksums = {}, {}
+    writing: deque[tuple[list[str], SlotWrite]] = deque()  # ranges whose chunks are being written, oldest first
     for lo, hi in layout.ranges(LAYOUT_RAYS):
+        if len(writing) == LAYOUT_BUFFERS:  # its buffer is the next to be laid out
+            block_ids, write = writing.popleft()
+            checksums.update(zip(block_ids, write.result(), strict=True))
         parts = {
             plan.block_ids[b]: rays for b, rays in zip(range(lo, hi), layout.lay_out(lo, hi), strict=True) if len(rays)
         }
-        written = write_slot(
+        write = start_slot(
             batch.slot, [(rays_path(plan.workspace, block_id), rays) for block_id, rays in parts.items()]
         )
+        writing.append((list(parts), write))
         rays_written.update({block_id: len(rays) for block_id, rays in parts.items()})
-        checksums.update(zip(parts, written, strict=True))
+    for block_ids, write in writing:
+        checksums.update(zip(block_ids, write.result(), strict=True))
     _inject_fault(plan, batch.index)
     marker = {
         "batch": batch.index,

@@ -29,7 +29,7 @@ import logging
 import os
 import posixpath
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -296,9 +296,9 @@ def _chunk_writers() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(zarr.config.get("threading.max_workers") or os.cpu_count(), "ray-chunks")
 
 
-def _write_rows(start: int, stores: Sequence[tuple[Sequence[_Column], Rays]]) -> None:
-    """Write each (columns, rays) pair's rays to the store's rows [start, start + N), one chunk file per column and
-    chunk, encoded on `_chunk_writers`."""
+def _start_rows(start: int, stores: Sequence[tuple[Sequence[_Column], Rays]]) -> list[Future]:
+    """Start writing each (columns, rays) pair's rays to the store's rows [start, start + N), one chunk file per
+    column and chunk, encoded on `_chunk_writers`; the rays must not change until the futures are done."""
     jobs = []
     for columns, rays in stores:
         chunk, capacity = columns[0].chunk, columns[0].capacity
@@ -310,27 +310,47 @@ def _write_rows(start: int, stores: Sequence[tuple[Sequence[_Column], Rays]]) ->
         for column in columns:
             values = getattr(rays, column.name)
             jobs += [(column, (start + i) // chunk, values[i : i + chunk]) for i in range(0, len(rays), chunk)]
-    for done in [_chunk_writers().submit(_put_chunk, *job) for job in jobs]:
-        done.result()
+    return [_chunk_writers().submit(_put_chunk, *job) for job in jobs]
 
 
-def write_slot(start: int, stores: Sequence[tuple[str, Rays]]) -> list[str]:
-    """Write each (store path, rays) pair's rays to the store's rows [start, start + N); returns the RayChecksum
-    of each store's rays. The stores come from `create_ray_store`; `start` is a chunk boundary.
+@dataclass
+class SlotWrite:
+    """A `start_slot` write under way: `result()` waits for its chunks and returns each store's RayChecksum."""
+
+    chunks: list[Future]
+    checksums: list[str]
+
+    def result(self) -> list[str]:
+        for chunk in self.chunks:
+            chunk.result()
+        return self.checksums
+
+
+def start_slot(start: int, stores: Sequence[tuple[str, Rays]]) -> SlotWrite:
+    """Start writing each (store path, rays) pair's rays to the store's rows [start, start + N); the rays must not
+    change until the write's `result()` returns. The stores come from `create_ray_store`; `start` is a chunk
+    boundary.
 
     Zarr reads the stores' metadata; the chunks are encoded with each column's codecs and written as Zarr lays
-    them out, on a thread pool (`_write_rows`): through Zarr's own write path, its per-chunk overhead took four
-    times what compressing and writing the chunks does. A chunk file is written in place: a killed attempt leaves
-    it only in its own slot, unread until a retry rewrites the slot.
+    them out, on a thread pool: through Zarr's own write path, its per-chunk overhead took four times what
+    compressing and writing the chunks does. A chunk file is written in place: a killed attempt leaves it only in
+    its own slot, unread until a retry rewrites the slot.
     """
     columns = _concurrently(METADATA_STORES_IN_FLIGHT, _open_columns, [(path,) for path, _ in stores])
-    _write_rows(start, [(store_columns, rays) for store_columns, (_, rays) in zip(columns, stores, strict=True)])
+    chunks = _start_rows(
+        start, [(store_columns, rays) for store_columns, (_, rays) in zip(columns, stores, strict=True)]
+    )
     checksums = []
-    for _, rays in stores:
+    for _, rays in stores:  # while the chunks are written
         digest = RayChecksum()
         digest.update(rays)
         checksums.append(digest.hexdigest())
-    return checksums
+    return SlotWrite(chunks, checksums)
+
+
+def write_slot(start: int, stores: Sequence[tuple[str, Rays]]) -> list[str]:
+    """`start_slot`, waited for: each store's RayChecksum."""
+    return start_slot(start, stores).result()
 
 
 def store_checksum(checksums: Sequence[str]) -> str:
@@ -395,7 +415,8 @@ class RayStoreWriter:
         if self._written + whole > self.count:
             raise ValueError(f"{self.path}: more rays appended than the {self.count} declared")
         out = buffered.take(slice(0, whole))
-        _write_rows(self._written, [(self._columns, out)])
+        for chunk in _start_rows(self._written, [(self._columns, out)]):
+            chunk.result()
         self._checksum.update(out)
         self._written += whole
         rest = buffered.take(slice(whole, None))
