@@ -13,6 +13,7 @@ Layout (schema version 2):
         segments' rows in that order: logical index i in [0, count) is what readers see (`RayStore`). Rows
         past a segment's count (fill, or what a killed attempt left) are never read.
         A background ray (crossing no block's box: sky) has near == far: an empty foreground segment.
+        Chunk files are Zarr v3's, keyed c.<row chunk>.0 (c.<row chunk> for image_id) beside each column's zarr.json.
     blocks/<id>/voxels.zarr/     coords (V, 3) int32 voxel indices on the global lattice
         attrs: origin (3,), voxel_size, dilation, min_track_length, complete
     partition_work/              scratch of an unfinished partition run, removed when it completes:
