@@ -35,8 +35,9 @@ from partitioning.voxels import VisibilityGrid
 log = logging.getLogger(__name__)
 
 #: Environment variable for recovery tests: "<batch>:<raise|exit|hang>" makes that batch's first attempt
-#: fail after writing its rays and before recording it as done; FAULT_DIR in the workspace keeps a flag
-#: per injected fault, so the retry runs clean and a test can see that the fault fired.
+#: fail after writing its rays and before recording it as done, "<batch>:midway" raise while its first rays are
+#: being written; FAULT_DIR in the workspace keeps a flag per injected fault, so the retry runs clean and a test
+#: can see that the fault fired.
 FAULT_ENV = "BIGSCENE_PARTITION_FAULT"
 FAULT_DIR = "partition_faults"
 
@@ -160,21 +161,23 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
     ]
     rays_written, checksums = {}, {}
     writing: deque[tuple[list[str], SlotWrite]] = deque()  # ranges whose chunks are being written, oldest first
-    for lo, hi in layout.ranges(LAYOUT_RAYS):
-        if len(writing) == LAYOUT_BUFFERS:  # its buffer is the next to be laid out
-            block_ids, write = writing.popleft()
-            checksums.update(zip(block_ids, write.result(), strict=True))
-        parts = {
-            plan.block_ids[b]: rays for b, rays in zip(range(lo, hi), layout.lay_out(lo, hi), strict=True) if len(rays)
-        }
-        write = start_slot(
-            batch.slot, [(rays_path(plan.workspace, block_id), rays) for block_id, rays in parts.items()]
-        )
-        writing.append((list(parts), write))
-        rays_written.update({block_id: len(rays) for block_id, rays in parts.items()})
-    for block_ids, write in writing:
-        checksums.update(zip(block_ids, write.result(), strict=True))
-    _inject_fault(plan, batch.index)
+    try:
+        for lo, hi in layout.ranges(LAYOUT_RAYS):
+            if len(writing) == LAYOUT_BUFFERS:  # its buffer is the next to be laid out
+                _finish_write(writing, checksums)
+            laid_out = zip(range(lo, hi), layout.lay_out(lo, hi), strict=True)
+            parts = {plan.block_ids[b]: rays for b, rays in laid_out if len(rays)}
+            stores = [(rays_path(plan.workspace, block_id), rays) for block_id, rays in parts.items()]
+            writing.append((list(parts), start_slot(batch.slot, stores)))
+            rays_written.update({block_id: len(rays) for block_id, rays in parts.items()})
+            _inject_fault(plan, batch.index, midway=True)
+        while writing:
+            _finish_write(writing, checksums)
+    except BaseException:
+        for _, write in writing:
+            write.abandon()
+        raise
+    _inject_fault(plan, batch.index, midway=False)
     marker = {
         "batch": batch.index,
         "slot": batch.slot,
@@ -192,12 +195,20 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
     return marker
 
 
-def _inject_fault(plan: Plan, batch: int) -> None:
-    """The recovery tests' fault: on the first attempt at the named batch, raise, exit or hang."""
+def _finish_write(writing: deque[tuple[list[str], SlotWrite]], checksums: dict[str, str]) -> None:
+    """Wait for the oldest write under way and record its blocks' checksums; it stays queued if it failed."""
+    block_ids, write = writing[0]
+    checksums.update(zip(block_ids, write.result(), strict=True))
+    writing.popleft()
+
+
+def _inject_fault(plan: Plan, batch: int, midway: bool) -> None:
+    """The recovery tests' fault: on the first attempt at the named batch, raise, exit or hang once its rays are
+    written, or raise `midway` through writing them."""
     if not plan.fault:
         return
     target, _, kind = plan.fault.partition(":")
-    if int(target) != batch:
+    if int(target) != batch or (kind == "midway") != midway:
         return
     flag = join(plan.workspace, FAULT_DIR, f"{batch:06d}")
     fs, p = fsspec.core.url_to_fs(flag)

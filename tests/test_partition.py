@@ -461,6 +461,20 @@ def test_killed_driver_then_rerun_matches_undisturbed_run(
     assert block_stores(ws) == block_stores(inline_run[0])
 
 
+def test_a_task_failing_while_its_rays_are_written_is_retried_in_process(
+    inline_run: tuple[str, dict], city: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch 1 raises while its first chunks are still being written on the write threads; the inline engine
+    retries it in the same process, and the stores equal an undisturbed run's."""
+    ws = copy_city(city, tmp_path / "midway")
+    monkeypatch.setenv(FAULT_ENV, "1:midway")
+    run_partition(ws, config())
+    assert (Path(ws) / FAULT_DIR / "000001").is_file()
+    stores = block_stores(ws)
+    assert stores == block_stores(inline_run[0])
+    assert all(s["checksum"] == s["recomputed"] for s in stores.values())
+
+
 def test_leftovers_of_a_killed_attempt_are_rewritten_or_never_read(
     inline_run: tuple[str, dict], city: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

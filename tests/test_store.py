@@ -21,6 +21,7 @@ from bigscene.store.blocks import (
     ray_store_info,
     read_rays,
     read_voxels,
+    start_slot,
     write_slot,
     write_voxel_stores,
 )
@@ -176,6 +177,22 @@ def test_slot_chunks_are_the_files_zarr_writes(tmp_path: Path, where: str) -> No
     with pytest.raises(ValueError, match="within the store"):
         write_slot(1024, [(ours, rays)])
     assert _stored_files(ours) == files
+
+
+def test_an_abandoned_slot_write_is_over_and_a_rewrite_reads_back(tmp_path: Path) -> None:
+    """A failed task abandons its writes under way: when abandon() returns, no chunk of it is still being written
+    (none can land after the retry's), and the retry's rewrite of the slot reads back exactly."""
+    path = str(tmp_path / "rays.zarr")
+    create_ray_store(path, 64 * 256, 256)
+    rays = _random_rays(64 * 256, seed=3)
+    write = start_slot(0, [(path, rays)])
+    write.abandon()
+    assert len(write.chunks) == 64 * len(RAY_COLUMNS)
+    assert all(chunk.done() for chunk in write.chunks)
+    finish_ray_store(path, [(0, len(rays))], write_slot(0, [(path, rays)]))
+    got = read_rays(path)
+    for name in RAY_COLUMNS:
+        np.testing.assert_array_equal(getattr(got, name), getattr(rays, name))
 
 
 def test_ray_stores_are_compressed(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ import logging
 import os
 import posixpath
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -291,15 +292,19 @@ def _put_chunk(column: _Column, index: int, rows: np.ndarray) -> None:
     column.fs.pipe_file(path, column.codec.encode(data))
 
 
+#: Threads per process that compress and write ray chunks (Blosc releases the GIL). A Ray node runs a task per
+#: core, so a few per task overlap compression with the task's own work without oversubscribing the node many-fold.
+CHUNK_WRITERS = 4
+
+
 @functools.cache
 def _chunk_writers() -> ThreadPoolExecutor:
-    """The threads that compress and write ray chunks (Blosc releases the GIL): as many as Zarr's own pool."""
-    return ThreadPoolExecutor(zarr.config.get("threading.max_workers") or os.cpu_count(), "ray-chunks")
+    return ThreadPoolExecutor(min(CHUNK_WRITERS, os.cpu_count() or 1), "ray-chunks")
 
 
 def _start_rows(start: int, stores: Sequence[tuple[Sequence[_Column], Rays]]) -> list[Future]:
     """Start writing each (columns, rays) pair's rays to the store's rows [start, start + N), one chunk file per
-    column and chunk, encoded on `_chunk_writers`; the rays must not change until the futures are done."""
+    column and chunk, encoded on CHUNK_WRITERS threads; the rays must not change until the futures are done."""
     jobs = []
     for columns, rays in stores:
         chunk, capacity = columns[0].chunk, columns[0].capacity
@@ -325,6 +330,13 @@ class SlotWrite:
         for chunk in self.chunks:
             chunk.result()
         return self.checksums
+
+    def abandon(self) -> None:
+        """Cancel the chunks not begun and wait for the others, errors ignored: a failed task's writes must not
+        land after its retry's."""
+        for chunk in self.chunks:
+            chunk.cancel()
+        futures.wait(self.chunks)
 
 
 def start_slot(start: int, stores: Sequence[tuple[str, Rays]]) -> SlotWrite:
