@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import json
 import logging
 import os
 import posixpath
@@ -250,15 +251,16 @@ class _Column:
         return posixpath.join(self.directory, key)
 
 
-async def _open_columns(path: str) -> list[_Column]:
-    """The ray columns of the store at `path`, in RAY_COLUMNS order; ValueError unless each is stored as
-    `create_ray_store` makes it (little-endian bytes, then Blosc)."""
-    root = await zarr.api.asynchronous.open_group(path, mode="r")
-    arrays = await asyncio.gather(*(root.getitem(name) for name in RAY_COLUMNS))
-    fs, directory = fsspec.core.url_to_fs(path)
+def _open_columns(path: str) -> list[_Column]:
+    """The ray columns of the store at `path`, in RAY_COLUMNS order, from their Zarr metadata documents (read
+    directly: a task opens every block's store, and Zarr's own open costs several times more); ValueError unless
+    each is stored as `create_ray_store` makes it (little-endian bytes, then Blosc)."""
+    fs, root = fsspec.core.url_to_fs(path)
     columns = []
-    for name, array in zip(RAY_COLUMNS, arrays, strict=True):
-        codecs = array.metadata.codecs
+    for name in RAY_COLUMNS:
+        directory = posixpath.join(root, name)
+        metadata = ArrayV3Metadata.from_dict(json.loads(fs.cat_file(posixpath.join(directory, "zarr.json"))))
+        codecs = metadata.codecs
         if (
             len(codecs) != 2
             or not isinstance(codecs[0], BytesCodec)
@@ -274,7 +276,7 @@ async def _open_columns(path: str) -> list[_Column]:
             blocksize=blosc.blocksize,
             typesize=blosc.typesize,
         )
-        columns.append(_Column(name, fs, posixpath.join(directory, name), array.metadata, codec))
+        columns.append(_Column(name, fs, directory, metadata, codec))
     return columns
 
 
@@ -344,15 +346,12 @@ def start_slot(start: int, stores: Sequence[tuple[str, Rays]]) -> SlotWrite:
     change until the write's `result()` returns. The stores come from `create_ray_store`; `start` is a chunk
     boundary.
 
-    Zarr reads the stores' metadata; the chunks are encoded with each column's codecs and written as Zarr lays
-    them out, on a thread pool: through Zarr's own write path, its per-chunk overhead took four times what
-    compressing and writing the chunks does. A chunk file is written in place: a killed attempt leaves it only in
-    its own slot, unread until a retry rewrites the slot.
+    The chunks are encoded with each column's codecs and written as Zarr lays them out, on a thread pool: through
+    Zarr's own write path, its per-chunk overhead took four times what compressing and writing the chunks does. A
+    chunk file is written in place: a killed attempt leaves it only in its own slot, unread until a retry rewrites
+    the slot.
     """
-    columns = _concurrently(METADATA_STORES_IN_FLIGHT, _open_columns, [(path,) for path, _ in stores])
-    chunks = _start_rows(
-        start, [(store_columns, rays) for store_columns, (_, rays) in zip(columns, stores, strict=True)]
-    )
+    chunks = _start_rows(start, [(_open_columns(path), rays) for path, rays in stores])
     checksums = []
     for _, rays in stores:  # while the chunks are written
         digest = RayChecksum()
@@ -410,7 +409,7 @@ class RayStoreWriter:
         self.count = count
         self.chunk = chunk
         create_ray_store(path, count, chunk)
-        self._columns = sync(_open_columns(path))
+        self._columns = _open_columns(path)
         self._pending: list[Rays] = []
         self._pending_len = 0
         self._written = 0
