@@ -16,7 +16,6 @@ import os
 import posixpath
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import fsspec
@@ -42,10 +41,6 @@ log = logging.getLogger(__name__)
 FAULT_ENV = "BIGSCENE_PARTITION_FAULT"
 FAULT_DIR = "partition_faults"
 
-
-#: Images a task reads and assigns at once (decoding and the compiled kernels release the GIL): a batch's images are
-#: all held until they are laid out, so reading two at a time costs no memory beyond one image's scratch.
-IMAGE_READERS = 2
 
 #: Rays laid out and written at once (a range of blocks; about 90 MB): a task holds LAYOUT_BUFFERS of these, not its
 #: whole batch, twice.
@@ -129,16 +124,6 @@ def _load(job: ImageJob, plan: Plan) -> np.ndarray:
     return rgb
 
 
-def _read_and_assign(job: ImageJob, plan: Plan) -> tuple[ImageRays, Assignment]:
-    """One training image's rays in tile order, with their colours, and their assignment; InputError if the image
-    cannot be used."""
-    order, pixel = _tiled_pixels(job.camera.width, job.camera.height)
-    rgb = _load(job, plan).reshape(-1, 3)[order]  # (H*W, 3)
-    origins, dirs, found = _assign(job, pixel, plan)
-    origin = origins[0].copy()  # every ray's: the camera centre
-    return ImageRays(job.index, origin, dirs, rgb, pixel, found.ray, found.block, found.near_far), found
-
-
 def write_batch(batch: BatchJob, plan: Plan) -> dict:
     """Read, assign and write one batch; returns (and records in the workspace) the batch's marker."""
     keep_freed_memory()
@@ -148,29 +133,27 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
     dropped = {"bad_image": 0, "invalid_ray": 0, "sky": 0}
     pixels_total = assigned_pixels = 0
     skipped: list[str] = []
-    readers = ThreadPoolExecutor(min(IMAGE_READERS, os.cpu_count() or 1), "read-and-assign")
-    try:
-        reads = [readers.submit(_read_and_assign, job, plan) for job in batch.images]
-        for job, read in zip(batch.images, reads, strict=True):
-            count = job.camera.width * job.camera.height
-            pixels_total += count
-            try:
-                image, found = read.result()
-            except InputError as err:
-                if not plan.skip_bad_images:
-                    raise
-                log.warning("skipping %s", err)
-                dropped["bad_image"] += count
-                skipped.append(job.path)
-                continue
-            for reason, n in found.dropped.items():
-                dropped[reason] += n
-            distinct = np.count_nonzero(found.ray[1:] != found.ray[:-1]) + bool(len(found.ray))  # pairs in ray order
-            assigned_pixels += int(distinct)
-            background += np.bincount(found.block[found.background], minlength=num_blocks)
-            images.append(image)
-    finally:
-        readers.shutdown(cancel_futures=True)
+    for job in batch.images:
+        count = job.camera.width * job.camera.height
+        pixels_total += count
+        order, pixel = _tiled_pixels(job.camera.width, job.camera.height)
+        try:
+            rgb = _load(job, plan).reshape(-1, 3)[order]  # (H*W, 3)
+        except InputError as err:
+            if not plan.skip_bad_images:
+                raise
+            log.warning("skipping %s", err)
+            dropped["bad_image"] += count
+            skipped.append(job.path)
+            continue
+        origins, dirs, found = _assign(job, pixel, plan)
+        for reason, n in found.dropped.items():
+            dropped[reason] += n
+        distinct = np.count_nonzero(found.ray[1:] != found.ray[:-1]) + bool(len(found.ray))  # pairs in ray order
+        assigned_pixels += int(distinct)
+        background += np.bincount(found.block[found.background], minlength=num_blocks)
+        origin = origins[0].copy()  # every ray's: the camera centre
+        images.append(ImageRays(job.index, origin, dirs, rgb, pixel, found.ray, found.block, found.near_far))
 
     layout = BatchLayout(images, num_blocks, [[plan.seed, batch.index, b] for b in range(num_blocks)])
     block_images = [
