@@ -180,23 +180,27 @@ def _scatter(
     out_pixel: np.ndarray,
 ) -> None:
     """Copy the ray of each of an image's pairs of blocks lo..hi-1 to its block's row in shuffled order, less
-    `base`: the i-th ray of block b (counting from first_rank[b]) goes to the i % SHUFFLE_RUN-th row of its run."""
+    `base`: the i-th ray of block b (counting from first_rank[b]) goes to the i % SHUFFLE_RUN-th row of its run, so
+    consecutive pairs fill consecutive rows up to the end of a run."""
     for b in range(lo, hi):
         i = first_rank[b]
-        for k in range(bounds[b], bounds[b + 1]):
-            m = by_block[k]
-            r = ray[m]
-            row = starts[first_run[b] + i // SHUFFLE_RUN] + i % SHUFFLE_RUN - base
-            i += 1
-            for a in range(3):
-                out_origins[row, a] = origin[a]
-                out_dirs[row, a] = dirs[r, a]
-                out_rgb[row, a] = rgb[r, a]
-            out_near_far[row, 0] = near_far[m, 0]
-            out_near_far[row, 1] = near_far[m, 1]
-            out_image_id[row] = image_id
-            out_pixel[row, 0] = pixel[r, 0]
-            out_pixel[row, 1] = pixel[r, 1]
+        k, end = bounds[b], bounds[b + 1]
+        while k < end:
+            offset = i % SHUFFLE_RUN
+            count = min(SHUFFLE_RUN - offset, end - k)  # pairs landing in this run
+            row = starts[first_run[b] + i // SHUFFLE_RUN] + offset - base
+            for s in range(count):
+                m = by_block[k + s]
+                r = ray[m]
+                out_origins[row, 0], out_origins[row, 1], out_origins[row, 2] = origin[0], origin[1], origin[2]
+                out_dirs[row, 0], out_dirs[row, 1], out_dirs[row, 2] = dirs[r, 0], dirs[r, 1], dirs[r, 2]
+                out_rgb[row, 0], out_rgb[row, 1], out_rgb[row, 2] = rgb[r, 0], rgb[r, 1], rgb[r, 2]
+                out_near_far[row, 0], out_near_far[row, 1] = near_far[m, 0], near_far[m, 1]
+                out_image_id[row] = image_id
+                out_pixel[row, 0], out_pixel[row, 1] = pixel[r, 0], pixel[r, 1]
+                row += 1
+            k += count
+            i += count
 
 
 def _scatter_numpy(layout: BatchLayout, k: int, lo: int, hi: int, base: int, out: Rays) -> None:
