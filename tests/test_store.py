@@ -179,6 +179,19 @@ def test_slot_chunks_are_the_files_zarr_writes(tmp_path: Path, where: str) -> No
     assert _stored_files(ours) == files
 
 
+def test_a_slot_is_not_written_into_a_store_of_other_codecs(tmp_path: Path) -> None:
+    """write_slot encodes chunks itself, so a store whose columns Zarr would encode otherwise (here its default
+    codecs) is refused, naming the column, with nothing written."""
+    path = str(tmp_path / "other.zarr")
+    root = zarr.open_group(path, mode="w")
+    for name, (shape, dtype) in RAY_COLUMNS.items():
+        root.create_array(name, shape=(1024, *shape), dtype=dtype, chunks=(512, *shape))
+    before = _stored_files(path)
+    with pytest.raises(ValueError, match="other.zarr/origins.*not as a ray store"):
+        write_slot(0, [(path, _random_rays(10, seed=4))])
+    assert _stored_files(path) == before
+
+
 def test_an_abandoned_slot_write_is_over_and_a_rewrite_reads_back(tmp_path: Path) -> None:
     """A failed task abandons its writes under way: when abandon() returns, no chunk of it is still being written
     (none can land after the retry's), and the retry's rewrite of the slot reads back exactly."""

@@ -266,15 +266,15 @@ def _open_columns(path: str) -> list[_Column]:
             or not isinstance(codecs[0], BytesCodec)
             or codecs[0].endian not in (None, Endian.little)
             or not isinstance(codecs[1], BloscCodec)
+            or codecs[1].typesize != RAY_COLUMNS[name][1].itemsize
         ):
             raise ValueError(f"{path}/{name}: stored with codecs {codecs}, not as a ray store; re-run the partition")
-        blosc = codecs[1]
+        blosc = codecs[1]  # its typesize is the column's item size, which numcodecs takes from the array it encodes
         codec = numcodecs.Blosc(
             cname=blosc.cname.value,
             clevel=blosc.clevel,
             shuffle=_BLOSC_SHUFFLE[blosc.shuffle],
             blocksize=blosc.blocksize,
-            typesize=blosc.typesize,
         )
         columns.append(_Column(name, fs, directory, metadata, codec))
     return columns
@@ -287,7 +287,7 @@ def _put_chunk(column: _Column, index: int, rows: np.ndarray) -> None:
         whole = np.zeros((column.chunk, *rows.shape[1:]), rows.dtype)
         whole[: len(rows)] = rows
         rows = whole
-    data = np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<")).view(np.uint8).reshape(-1)
+    data = np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<"))  # the bytes codec's order
     path = column.chunk_path(index)
     if posixpath.dirname(path) != column.directory:  # a store whose chunk keys have directories
         column.fs.makedirs(posixpath.dirname(path), exist_ok=True)
