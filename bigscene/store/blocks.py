@@ -312,8 +312,8 @@ def _start_rows(start: int, stores: Sequence[tuple[Sequence[_Column], Rays]]) ->
         chunk, capacity = columns[0].chunk, columns[0].capacity
         if start % chunk or start + len(rays) > capacity:
             raise ValueError(
-                f"{columns[0].directory}: cannot write {len(rays)} rays from row {start}: a slot starts on a chunk "
-                f"boundary ({chunk} rows) and ends within the store's {capacity} rows"
+                f"{posixpath.dirname(columns[0].directory)}: cannot write {len(rays)} rays from row {start}: a slot "
+                f"starts on a chunk boundary ({chunk} rows) and ends within the store's {capacity} rows"
             )
         for column in columns:
             values = getattr(rays, column.name)
