@@ -7,10 +7,11 @@ import fsspec
 import numpy as np
 import pytest
 import zarr
+from zarr.codecs import BloscCodec
 
 from bigscene.errors import WorkspaceError
 from bigscene.scene import Camera, ImageRecord, Scene, SparsePoints
-from bigscene.store import SCHEMA_VERSION, has_scene, read_scene, scene_path, write_scene
+from bigscene.store import SCHEMA_VERSION, blocks, has_scene, read_scene, scene_path, write_scene
 from bigscene.store.blocks import (
     RAY_COLUMNS,
     Rays,
@@ -177,6 +178,23 @@ def test_slot_chunks_are_the_files_zarr_writes(tmp_path: Path, where: str) -> No
     with pytest.raises(ValueError, match="within the store"):
         write_slot(1024, [(ours, rays)])
     assert _stored_files(ours) == files
+
+
+def test_a_store_with_a_directory_per_chunk_takes_slots(tmp_path: Path) -> None:
+    """Stores of earlier versions keyed their chunks c/<row chunk>/0: a slot written into one reads back."""
+    path = str(tmp_path / "older.zarr")
+    root = zarr.open_group(path, mode="w", attributes={"schema_version": blocks.SCHEMA_VERSION, "complete": False})
+    for name, (shape, dtype) in RAY_COLUMNS.items():
+        blosc = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=dtype.itemsize)
+        root.create_array(
+            name, shape=(1024, *shape), dtype=dtype, chunks=(256, *shape), compressors=blosc, fill_value=0
+        )
+    rays = _random_rays(300, seed=5)
+    finish_ray_store(path, [(512, 300)], write_slot(512, [(path, rays)]))
+    assert (tmp_path / "older.zarr" / "dirs" / "c" / "3" / "0").is_file()
+    got = read_rays(path)
+    for name in RAY_COLUMNS:
+        np.testing.assert_array_equal(getattr(got, name), getattr(rays, name))
 
 
 def test_a_slot_is_not_written_into_a_store_of_other_codecs(tmp_path: Path) -> None:
