@@ -16,6 +16,7 @@ import numpy as np
 from scipy.ndimage import binary_dilation, distance_transform_cdt
 
 from partitioning.compiled import COMPILED, jit
+from partitioning.layout import XStrips
 
 #: (27, 3) offsets of a voxel's 3x3x3 neighbourhood: the one-voxel dilation.
 _NEIGHBOURHOOD = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
@@ -252,8 +253,10 @@ def visibility_grid(xyz: np.ndarray, outer: np.ndarray, lattice: Lattice, max_ce
         factor += 1
     origin = lattice.origin + first * cell
     in_box = np.zeros(len(xyz), dtype=bool)
+    strips = XStrips(xyz)
     for box in outer:
-        in_box |= np.all((xyz >= box[0]) & (xyz <= box[1]), axis=1)
+        strip = strips.between(box[0, 0], box[1, 0])
+        in_box[strip[np.all((xyz[strip] >= box[0]) & (xyz[strip] <= box[1]), axis=1)]] = True
     ijk = np.floor((xyz[in_box] - origin) / cell).astype(np.int64)
     occupied = np.zeros(tuple(shape), dtype=bool)
     occupied[tuple(np.clip(ijk, 0, shape - 1).T)] = True
