@@ -214,7 +214,7 @@ class Driver:
         strips = XStrips(self.xyz)
         stores = []
         for block in blocks:
-            under = self.xyz[strips.between(block.outer[0, 0], block.outer[1, 0])]
+            under = strips.points[strips.span(block.outer[0, 0], block.outer[1, 0])]
             coords = surface_voxels(under, block.outer, self.lattice)  # (V, 3) int32
             stores.append((voxels_path(self.workspace, block.id), coords))
         min_track_length = self.config.min_track_length

@@ -110,11 +110,16 @@ class XStrips:
 
     def __init__(self, points: np.ndarray) -> None:
         self.order = np.argsort(points[:, 0], kind="stable")  # (P,) indices of the points by x
-        self.x = points[self.order, 0]  # (P,) sorted x
+        self.points = points[self.order]  # (P, D) sorted by x: a strip of them is a view
+        self.x = self.points[:, 0]
+
+    def span(self, x0: float, x1: float) -> slice:
+        """The strip x0 <= x <= x1: `points[span]` are its points, `order[span]` their indices."""
+        return slice(np.searchsorted(self.x, x0, side="left"), np.searchsorted(self.x, x1, side="right"))
 
     def between(self, x0: float, x1: float) -> np.ndarray:
         """(S,) int64 indices of the points with x0 <= x <= x1."""
-        return self.order[np.searchsorted(self.x, x0, side="left") : np.searchsorted(self.x, x1, side="right")]
+        return self.order[self.span(x0, x1)]
 
 
 def make_blocks(
@@ -132,7 +137,7 @@ def make_blocks(
         size = cell[1] - cell[0]  # (2,)
         grow = 0.5 * overlap * size
         foot = np.stack([cell[0] - grow, cell[1] + grow])
-        strip = xyz[strips.between(foot[0, 0], foot[1, 0])]
+        strip = strips.points[strips.span(foot[0, 0], foot[1, 0])]
         over = strip[(strip[:, 1] >= foot[0, 1]) & (strip[:, 1] <= foot[1, 1]), 2]
         z0, z1 = (over.min(), over.max()) if over.size else z_all
         pad = max(height_margin * (z1 - z0), min_pad)

@@ -252,12 +252,12 @@ def visibility_grid(xyz: np.ndarray, outer: np.ndarray, lattice: Lattice, max_ce
             break
         factor += 1
     origin = lattice.origin + first * cell
-    in_box = np.zeros(len(xyz), dtype=bool)
     strips = XStrips(xyz)
+    in_box = np.zeros(len(xyz), dtype=bool)  # of the points in x order
     for box in outer:
-        strip = strips.between(box[0, 0], box[1, 0])
-        in_box[strip[np.all((xyz[strip] >= box[0]) & (xyz[strip] <= box[1]), axis=1)]] = True
-    ijk = np.floor((xyz[in_box] - origin) / cell).astype(np.int64)
+        span = strips.span(box[0, 0], box[1, 0])
+        in_box[span] |= np.all((strips.points[span] >= box[0]) & (strips.points[span] <= box[1]), axis=1)
+    ijk = np.floor((strips.points[in_box] - origin) / cell).astype(np.int64)
     occupied = np.zeros(tuple(shape), dtype=bool)
     occupied[tuple(np.clip(ijk, 0, shape - 1).T)] = True
     occupied = binary_dilation(occupied, structure=np.ones((3, 3, 3), dtype=bool))
