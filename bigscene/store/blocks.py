@@ -251,6 +251,13 @@ class _Column:
         return posixpath.join(self.directory, key)
 
 
+@functools.lru_cache(maxsize=64)
+def _array_metadata(document: bytes) -> ArrayV3Metadata:
+    """A Zarr array's metadata from its zarr.json. Cached: every block's store has the same column documents, and
+    parsing one costs more than reading it."""
+    return ArrayV3Metadata.from_dict(json.loads(document))
+
+
 def _open_columns(path: str) -> list[_Column]:
     """The ray columns of the store at `path`, in RAY_COLUMNS order, from their Zarr metadata documents (read
     directly: a task opens every block's store, and Zarr's own open costs several times more); ValueError unless
@@ -259,7 +266,7 @@ def _open_columns(path: str) -> list[_Column]:
     columns = []
     for name in RAY_COLUMNS:
         directory = posixpath.join(root, name)
-        metadata = ArrayV3Metadata.from_dict(json.loads(fs.cat_file(posixpath.join(directory, "zarr.json"))))
+        metadata = _array_metadata(fs.cat_file(posixpath.join(directory, "zarr.json")))
         codecs = metadata.codecs
         if (
             len(codecs) != 2
