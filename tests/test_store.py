@@ -251,17 +251,37 @@ def test_ray_stores_are_compressed(tmp_path: Path) -> None:
         np.testing.assert_array_equal(getattr(got, name), getattr(rays, name))
 
 
-def test_voxel_stores_written_together_read_back(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["file", "memory"])
+def test_voxel_stores_written_together_read_back(tmp_path: Path, where: str) -> None:
+    """Stores of no voxels, a few, and more than a chunk read back through Zarr, each replacing what was at its
+    path; their chunks are the files Zarr's own write gives."""
+    base = str(tmp_path) if where == "file" else f"memory://voxels-{tmp_path.name}"
     rng = np.random.default_rng(1)
-    coords = [rng.integers(-5, 50, (n, 3)).astype(np.int32) for n in (300, 0, 4000)]
-    paths = [str(tmp_path / f"b{i}" / "voxels.zarr") for i in range(3)]
+    coords = [rng.integers(-5, 50, (n, 3)).astype(np.int32) for n in (300, 0, blocks.VOXEL_CHUNK + 5)]
+    paths = [f"{base}/b{i}/voxels.zarr" for i in range(3)]
+    zarr.open_group(paths[0], mode="w").create_array("junk", shape=(3,), dtype="i4")
     write_voxel_stores(list(zip(paths, coords, strict=True)), np.array([1.0, 2.0, 3.0]), 0.5, 1, 3)
     for path, expected in zip(paths, coords, strict=True):
         voxels = read_voxels(path)
         np.testing.assert_array_equal(voxels.coords, expected)
         np.testing.assert_array_equal(voxels.origin, [1.0, 2.0, 3.0])
-        attrs = zarr.open_group(path, mode="r").attrs.asdict()
+        root = zarr.open_group(path, mode="r")
+        assert list(root.array_keys()) == ["coords"]
+        attrs = root.attrs.asdict()
         assert attrs["complete"] and attrs["voxel_size"] == 0.5 and attrs["min_track_length"] == 3
+    chunks = {k: v for k, v in _stored_files(paths[2]).items() if posixpath.basename(k).startswith("c.")}
+    assert len(chunks) == 2
+    reference = f"{base}/reference.zarr"
+    array = zarr.open_group(reference, mode="w").create_array(
+        "coords",
+        shape=coords[2].shape,
+        dtype=np.int32,
+        chunks=(blocks.VOXEL_CHUNK, 3),
+        compressors=zarr.open_group(paths[2], mode="r")["coords"].compressors,
+        chunk_key_encoding={"name": "default", "separator": "."},
+    )
+    array[:] = coords[2]
+    assert chunks == {k: v for k, v in _stored_files(reference).items() if posixpath.basename(k).startswith("c.")}
 
 
 def test_finishing_checks_segments_and_marks_each_store_complete(tmp_path: Path) -> None:

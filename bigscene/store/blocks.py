@@ -24,6 +24,7 @@ Layout (schema version 2):
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import hashlib
 import json
@@ -44,8 +45,10 @@ import zarr
 import zarr.api.asynchronous
 from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec
 from zarr.codecs.bytes import Endian
+from zarr.core.buffer import Buffer
 from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.core.sync import sync
+from zarr.storage import MemoryStore
 
 from bigscene.errors import InputError
 from bigscene.store.workspace import join
@@ -271,31 +274,33 @@ def _array_metadata(document: bytes) -> ArrayV3Metadata:
 
 def _open_columns(path: str) -> list[_Column]:
     """The ray columns of the store at `path`, in RAY_COLUMNS order, from their Zarr metadata documents (read
-    directly: a task opens every block's store, and Zarr's own open costs several times more); ValueError unless
-    each is stored as `create_ray_store` makes it (little-endian bytes, then Blosc)."""
+    directly: a task opens every block's store, and Zarr's own open costs several times more)."""
     fs, root = fsspec.core.url_to_fs(path)
     columns = []
     for name in RAY_COLUMNS:
         directory = posixpath.join(root, name)
         metadata = _array_metadata(fs.cat_file(posixpath.join(directory, "zarr.json")))
-        codecs = metadata.codecs
-        if (
-            len(codecs) != 2
-            or not isinstance(codecs[0], BytesCodec)
-            or codecs[0].endian not in (None, Endian.little)
-            or not isinstance(codecs[1], BloscCodec)
-            or codecs[1].typesize != RAY_COLUMNS[name][1].itemsize
-        ):
-            raise ValueError(f"{path}/{name}: stored with codecs {codecs}, not as a ray store; re-run the partition")
-        blosc = codecs[1]  # its typesize is the column's item size, which numcodecs takes from the array it encodes
-        codec = numcodecs.Blosc(
-            cname=blosc.cname.value,
-            clevel=blosc.clevel,
-            shuffle=_BLOSC_SHUFFLE[blosc.shuffle],
-            blocksize=blosc.blocksize,
-        )
+        codec = _blosc(metadata, RAY_COLUMNS[name][1], f"{path}/{name}")
         columns.append(_Column(name, fs, directory, metadata, codec))
     return columns
+
+
+def _blosc(metadata: ArrayV3Metadata, dtype: np.dtype, where: str) -> numcodecs.Blosc:
+    """The Blosc codec that encodes a chunk of an array of `dtype` as Zarr does; ValueError unless the array is
+    stored as this module makes its arrays (little-endian bytes, then Blosc with the dtype's item size)."""
+    codecs = metadata.codecs
+    if (
+        len(codecs) != 2
+        or not isinstance(codecs[0], BytesCodec)
+        or codecs[0].endian not in (None, Endian.little)
+        or not isinstance(codecs[1], BloscCodec)
+        or codecs[1].typesize != dtype.itemsize
+    ):
+        raise ValueError(f"{where}: stored with codecs {codecs}, not as a ray store; re-run the partition")
+    blosc = codecs[1]  # its typesize is the item size, which numcodecs takes from the array it encodes
+    return numcodecs.Blosc(
+        cname=blosc.cname.value, clevel=blosc.clevel, shuffle=_BLOSC_SHUFFLE[blosc.shuffle], blocksize=blosc.blocksize
+    )
 
 
 def _put_chunk(column: _Column, index: int, rows: np.ndarray) -> None:
@@ -549,6 +554,10 @@ def read_rays(path: str, start: int = 0, stop: int | None = None) -> Rays:
     return open_ray_store(path).read(start, stop)
 
 
+#: Voxel coordinates per chunk of a voxel store.
+VOXEL_CHUNK = 1 << 18
+
+
 def write_voxel_stores(
     stores: Sequence[tuple[str, np.ndarray]],
     origin: np.ndarray,
@@ -557,8 +566,13 @@ def write_voxel_stores(
     min_track_length: int,
 ) -> None:
     """Blocks' sparse surface voxels: for each (path, coords (V, 3) int32 indices) a store where voxel ijk spans
-    origin + ijk * voxel_size. Written concurrently through Zarr's async API: a partition writes one small store
-    per block, and each costs a few metadata round trips."""
+    origin + ijk * voxel_size, replacing what is there.
+
+    Zarr makes the documents of one store in memory; each store gets them with its own shape, and its chunks
+    encoded as for ray stores, METADATA_STORES_IN_FLIGHT stores at a time (a partition writes a small store per
+    block: file-system latency, not bytes, takes the time). The group's zarr.json, which marks the store complete,
+    is written last: until then there is no store at the path.
+    """
     attributes = {
         "schema_version": SCHEMA_VERSION,
         "origin": np.asarray(origin, dtype=np.float64).tolist(),
@@ -567,22 +581,40 @@ def write_voxel_stores(
         "min_track_length": int(min_track_length),
         "complete": True,
     }
+    documents: dict[str, Buffer] = {}
+    root = zarr.open_group(MemoryStore(documents), mode="w", attributes=attributes)
+    dtype = np.dtype(np.int32)
+    root.create_array(
+        "coords",
+        shape=(0, 3),
+        dtype=dtype,
+        chunks=(1, 3),
+        compressors=_compressor(dtype),
+        chunk_key_encoding=_CHUNK_KEYS,
+    )
+    group_document = documents["zarr.json"].to_bytes()
+    coords_document = json.loads(documents["coords/zarr.json"].to_bytes())
 
-    async def write(path: str, coords: np.ndarray) -> None:
-        coords = np.ascontiguousarray(coords, dtype=np.int32).reshape(-1, 3)
-        root = await zarr.api.asynchronous.open_group(path, mode="w")
-        array = await root.create_array(
-            "coords",
-            shape=coords.shape,
-            dtype=np.int32,
-            chunks=(max(1, min(len(coords), 1 << 18)), 3),
-            chunk_key_encoding=_CHUNK_KEYS,
-        )
-        if len(coords):
-            await array.setitem(slice(None), coords)
-        await root.update_attributes(attributes)  # complete, after the coordinates
+    def write(path: str, coords: np.ndarray) -> None:
+        coords = np.ascontiguousarray(coords, dtype=dtype).reshape(-1, 3)
+        remove_tree(path)
+        fs, store_root = fsspec.core.url_to_fs(path)
+        directory = posixpath.join(store_root, "coords")
+        document = copy.deepcopy(coords_document)
+        document["shape"] = [len(coords), 3]
+        document["chunk_grid"]["configuration"]["chunk_shape"] = [max(1, min(len(coords), VOXEL_CHUNK)), 3]
+        data = json.dumps(document).encode()
+        metadata = ArrayV3Metadata.from_dict(json.loads(data))
+        column = _Column("coords", fs, directory, metadata, _blosc(metadata, dtype, path))
+        fs.makedirs(directory, exist_ok=True)
+        fs.pipe_file(posixpath.join(directory, "zarr.json"), data)
+        for start in range(0, len(coords), column.chunk):
+            _put_chunk(column, start // column.chunk, coords[start : start + column.chunk])
+        fs.pipe_file(posixpath.join(store_root, "zarr.json"), group_document)  # last: the store is complete
 
-    _concurrently(METADATA_STORES_IN_FLIGHT, write, stores)
+    with ThreadPoolExecutor(METADATA_STORES_IN_FLIGHT, "voxel-stores") as pool:
+        for done in [pool.submit(write, path, coords) for path, coords in stores]:
+            done.result()
 
 
 @dataclass
