@@ -23,7 +23,6 @@ Layout (schema version 2):
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import functools
 import hashlib
@@ -31,7 +30,7 @@ import json
 import logging
 import os
 import posixpath
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,16 +41,14 @@ import google_crc32c
 import numcodecs
 import numpy as np
 import zarr
-import zarr.api.asynchronous
 from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec
 from zarr.codecs.bytes import Endian
 from zarr.core.buffer import Buffer
 from zarr.core.metadata.v3 import ArrayV3Metadata
-from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
 from bigscene.errors import InputError
-from bigscene.store.workspace import join
+from bigscene.store.workspace import join, write_json_atomic
 
 if google_crc32c.implementation != "c":
     logging.getLogger(__name__).warning(
@@ -70,8 +67,8 @@ _BLOSC_SHUFFLE = {BloscShuffle.noshuffle: 0, BloscShuffle.shuffle: 1, BloscShuff
 SCHEMA_VERSION = 2
 BLOCKS_DIR = "blocks"
 WORK_DIR = "partition_work"
-#: Stores whose small writes (voxels, finishing records) go at once: their round trips, not their bytes, take the
-#: time.
+#: Stores whose small writes (metadata, voxels, finishing records) go at once, on threads: file-system round trips,
+#: not bytes, take their time.
 METADATA_STORES_IN_FLIGHT = 16
 
 #: Ray columns: name -> (trailing shape, dtype).
@@ -223,23 +220,14 @@ def create_ray_stores(paths: Sequence[str], capacity: int, chunk: int) -> None:
             store_fs.makedirs(posixpath.dirname(target), exist_ok=True)
             store_fs.pipe_file(target, documents[key])
 
-    with ThreadPoolExecutor(METADATA_STORES_IN_FLIGHT, "ray-stores") as pool:
-        for done in [pool.submit(copy, path) for path in paths[1:]]:
-            done.result()
+    _for_each_store(copy, [(path,) for path in paths[1:]])
 
 
-def _concurrently(limit: int, work: Callable[..., Awaitable[T]], items: Iterable[tuple]) -> list[T]:
-    """`work(*item)` for each item on Zarr's event loop, at most `limit` at once; the results in item order."""
-
-    async def bounded(slots: asyncio.Semaphore, item: tuple) -> T:
-        async with slots:
-            return await work(*item)
-
-    async def run() -> list[T]:
-        slots = asyncio.Semaphore(limit)
-        return await asyncio.gather(*(bounded(slots, item) for item in items))
-
-    return sync(run())
+def _for_each_store(work: Callable[..., T], items: Iterable[tuple]) -> list[T]:
+    """`work(*item)` for each item, METADATA_STORES_IN_FLIGHT at a time on threads; the results in item order, the
+    first error raised once every item has run."""
+    with ThreadPoolExecutor(METADATA_STORES_IN_FLIGHT, "stores") as pool:
+        return [done.result() for done in [pool.submit(work, *item) for item in items]]
 
 
 @dataclass(frozen=True)
@@ -394,18 +382,19 @@ def store_checksum(checksums: Sequence[str]) -> str:
 
 
 def finish_ray_store(path: str, segments: Sequence[tuple[int, int]], checksums: Sequence[str]) -> dict:
-    """Record a store's segments ((start row, ray count), non-empty, in order) and checksum, then mark it
-    complete in a last, separate write; returns `ray_store_info`'s record."""
+    """Record a store's segments ((start row, ray count), non-empty, in order) and checksum and mark it complete, in
+    one atomic replacement of its group's zarr.json (readers see it unfinished or complete, never in between);
+    returns `ray_store_info`'s record."""
     return finish_ray_stores([(path, segments, checksums)])[0]
 
 
 def finish_ray_stores(stores: Sequence[tuple[str, Sequence[tuple[int, int]], Sequence[str]]]) -> list[dict]:
-    """`finish_ray_store` for each (path, segments, checksums), concurrently through Zarr's async API (a partition
-    finishes one store per block); a store is marked complete only after its own records are written."""
+    """`finish_ray_store` for each (path, segments, checksums), METADATA_STORES_IN_FLIGHT at a time (a partition
+    finishes one store per block: file-system latency takes the time)."""
 
-    async def finish(path: str, segments: Sequence[tuple[int, int]], checksums: Sequence[str]) -> dict:
-        root = await zarr.api.asynchronous.open_group(path, mode="r+")
-        chunk = (await root.getitem("image_id")).chunks[0]
+    def finish(path: str, segments: Sequence[tuple[int, int]], checksums: Sequence[str]) -> dict:
+        fs, root = fsspec.core.url_to_fs(path)
+        chunk = _array_metadata(fs.cat_file(posixpath.join(root, "image_id", "zarr.json"))).chunks[0]
         ends = [0] + [start + n for start, n in segments]
         if len(checksums) != len(segments) or any(
             n <= 0 or start % chunk or start < end for (start, n), end in zip(segments, ends, strict=False)
@@ -413,12 +402,14 @@ def finish_ray_stores(stores: Sequence[tuple[str, Sequence[tuple[int, int]], Seq
             raise ValueError(f"{path}: segments {segments} must be non-empty, ordered and start on chunk boundaries")
         count = sum(n for _, n in segments)
         checksum = store_checksum(checksums)
-        listed = [[int(s), int(n)] for s, n in segments]
-        await root.update_attributes({"count": count, "segments": listed, "checksum": checksum})
-        await root.update_attributes({"complete": True})
+        group = json.loads(fs.cat_file(posixpath.join(root, "zarr.json")))
+        group["attributes"].update(
+            count=count, segments=[[int(s), int(n)] for s, n in segments], checksum=checksum, complete=True
+        )
+        write_json_atomic(join(path, "zarr.json"), group)
         return {"count": count, "checksum": checksum}
 
-    return _concurrently(METADATA_STORES_IN_FLIGHT, finish, stores)
+    return _for_each_store(finish, stores)
 
 
 class RayStoreWriter:
@@ -612,9 +603,7 @@ def write_voxel_stores(
             _put_chunk(column, start // column.chunk, coords[start : start + column.chunk])
         fs.pipe_file(posixpath.join(store_root, "zarr.json"), group_document)  # last: the store is complete
 
-    with ThreadPoolExecutor(METADATA_STORES_IN_FLIGHT, "voxel-stores") as pool:
-        for done in [pool.submit(write, path, coords) for path, coords in stores]:
-            done.result()
+    _for_each_store(write, stores)
 
 
 @dataclass
