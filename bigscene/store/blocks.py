@@ -212,7 +212,7 @@ def create_ray_stores(paths: Sequence[str], capacity: int, chunk: int) -> None:
     fs, template = fsspec.core.url_to_fs(paths[0])
     documents = {posixpath.relpath(name, template): fs.cat_file(name) for name in fs.find(template)}
 
-    def copy(path: str) -> None:
+    def replicate(path: str) -> None:
         remove_tree(path)
         store_fs, root = fsspec.core.url_to_fs(path)
         for key in sorted(documents, key=posixpath.dirname):  # the group's zarr.json first
@@ -220,7 +220,7 @@ def create_ray_stores(paths: Sequence[str], capacity: int, chunk: int) -> None:
             store_fs.makedirs(posixpath.dirname(target), exist_ok=True)
             store_fs.pipe_file(target, documents[key])
 
-    _for_each_store(copy, [(path,) for path in paths[1:]])
+    _for_each_store(replicate, [(path,) for path in paths[1:]])
 
 
 def _for_each_store(work: Callable[..., T], items: Iterable[tuple]) -> list[T]:
