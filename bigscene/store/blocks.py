@@ -23,7 +23,6 @@ Layout (schema version 2):
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import json
@@ -583,19 +582,18 @@ def write_voxel_stores(
         compressors=_compressor(dtype),
         chunk_key_encoding=_CHUNK_KEYS,
     )
-    group_document = documents["zarr.json"].to_bytes()
-    coords_document = json.loads(documents["coords/zarr.json"].to_bytes())
+    group_document, coords_document = documents["zarr.json"].to_bytes(), documents["coords/zarr.json"].to_bytes()
 
     def write(path: str, coords: np.ndarray) -> None:
         coords = np.ascontiguousarray(coords, dtype=dtype).reshape(-1, 3)
         remove_tree(path)
         fs, store_root = fsspec.core.url_to_fs(path)
         directory = posixpath.join(store_root, "coords")
-        document = copy.deepcopy(coords_document)
+        document = json.loads(coords_document)  # the template's, with this store's shape
         document["shape"] = [len(coords), 3]
         document["chunk_grid"]["configuration"]["chunk_shape"] = [max(1, min(len(coords), VOXEL_CHUNK)), 3]
         data = json.dumps(document).encode()
-        metadata = ArrayV3Metadata.from_dict(json.loads(data))
+        metadata = ArrayV3Metadata.from_dict(document)
         column = _Column("coords", fs, directory, metadata, _blosc(metadata, dtype, path))
         fs.makedirs(directory, exist_ok=True)
         fs.pipe_file(posixpath.join(directory, "zarr.json"), data)
