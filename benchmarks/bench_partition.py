@@ -36,7 +36,7 @@ from bigscene.store import read_scene, write_scene
 from bigscene.store.blocks import Rays, RayStoreWriter, rays_path, read_rays
 from partitioning.assign import BlockBoxes, assign, nearest_footprint, slab, tile_order
 from partitioning.camera_rays import image_rays
-from partitioning.layout import grid_cells, make_blocks, order_cells
+from partitioning.layout import XStrips, grid_cells, make_blocks, order_cells
 from partitioning.stage import run_partition
 from partitioning.voxels import Lattice, VisibilityGrid, visibility_grid
 
@@ -85,14 +85,15 @@ def poses(count: int, seed: int = 0) -> np.ndarray:
 
 def layout(xyz: np.ndarray) -> tuple[BlockBoxes, VisibilityGrid]:
     cells = order_cells(grid_cells(ROI[:, :2], GRID, GRID))
-    blocks = make_blocks(cells, xyz, 0.15, 0.1, 2 * VOXEL)
+    strips = XStrips(xyz)
+    blocks = make_blocks(cells, strips, 0.15, 0.1, 2 * VOXEL)
     outer = np.stack([b.outer for b in blocks])
     boxes = BlockBoxes(
         outer.astype(np.float32),
         np.stack([b.inner[:, :2] for b in blocks]).astype(np.float32),
         np.array([b.ground for b in blocks], dtype=np.float32),
     )
-    return boxes, visibility_grid(xyz, outer, Lattice(ROI[0], VOXEL), 1 << 25)
+    return boxes, visibility_grid(strips, outer, Lattice(ROI[0], VOXEL), 1 << 25)
 
 
 #: One block's rays (K,) int64 and their segments (K, 2) float32.

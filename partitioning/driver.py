@@ -116,6 +116,7 @@ class Driver:
         self.fingerprint = fingerprint
         source = scene_path(workspace)
         self.roi, self.xyz = roi_points(scene, config.min_track_length, source)
+        self.strips = XStrips(self.xyz)  # sorted once for the layout, the visibility grid and the surface voxels
         self.batches, self.capacity = make_batches(scene, config.images_per_task, config.chunk_rays, source)
         self.lattice = Lattice(self.roi[0].copy(), config.voxel_size)
 
@@ -130,7 +131,7 @@ class Driver:
                 np.stack([b.inner[:, :2] for b in blocks]).astype(np.float32),
                 np.array([b.ground for b in blocks], dtype=np.float32),
             ),
-            grid=visibility_grid(self.xyz, outer, self.lattice, cfg.visibility_max_cells),
+            grid=visibility_grid(self.strips, outer, self.lattice, cfg.visibility_max_cells),
             visibility_margin=cfg.visibility_margin,
             sky=cfg.sky,
             background=self.scene.background,
@@ -191,7 +192,7 @@ class Driver:
         cells = self._cells()
         merged: list[list[list[float]]] = []
         while True:
-            blocks = make_blocks(cells, self.xyz, cfg.overlap, cfg.height_margin, 2 * cfg.voxel_size)
+            blocks = make_blocks(cells, self.strips, cfg.overlap, cfg.height_margin, 2 * cfg.voxel_size)
             plan = self.plan(blocks)
             counts = np.zeros(len(blocks), dtype=np.int64)
             for _, found in _track(engine.map(probe_batch, self.batches, plan), len(self.batches), "probing"):
@@ -211,10 +212,9 @@ class Driver:
             cells = order_cells(merge_cell(cells, int(empty[0]), counts))
 
     def _write_voxels(self, blocks: list[Block]) -> dict[str, int]:
-        strips = XStrips(self.xyz)
         stores = []
         for block in blocks:
-            under = strips.points[strips.span(block.outer[0, 0], block.outer[1, 0])]
+            under = self.strips.points[self.strips.span(block.outer[0, 0], block.outer[1, 0])]
             coords = surface_voxels(under, block.outer, self.lattice)  # (V, 3) int32
             stores.append((voxels_path(self.workspace, block.id), coords))
         min_track_length = self.config.min_track_length

@@ -123,15 +123,14 @@ class XStrips:
 
 
 def make_blocks(
-    cells: list[np.ndarray], xyz: np.ndarray, overlap: float, height_margin: float, min_pad: float
+    cells: list[np.ndarray], strips: XStrips, overlap: float, height_margin: float, min_pad: float
 ) -> list[Block]:
-    """Blocks over ordered cells (2, 2) from the points xyz (P, 3) inside the ROI.
+    """Blocks over ordered cells (2, 2) from the points (P, 3) inside the ROI, sorted into x strips.
 
     The height range is the z range of the points over the outer footprint, grown by `height_margin` of
     that range each way (at least `min_pad`); the outer box grows the inner box by `overlap` of its size.
     """
-    z_all = (xyz[:, 2].min(), xyz[:, 2].max())
-    strips = XStrips(xyz)
+    z_all = (strips.points[:, 2].min(), strips.points[:, 2].max())
     blocks = []
     for index, cell in enumerate(cells):
         size = cell[1] - cell[0]  # (2,)

@@ -239,9 +239,9 @@ def _march_rays(
     return out
 
 
-def visibility_grid(xyz: np.ndarray, outer: np.ndarray, lattice: Lattice, max_cells: int) -> VisibilityGrid:
-    """The dilated occupancy of points xyz (P, 3) inside any outer box (B, 2, 3), on the lattice's voxels
-    or, past `max_cells`, on the coarsest integer multiple of them that fits."""
+def visibility_grid(strips: XStrips, outer: np.ndarray, lattice: Lattice, max_cells: int) -> VisibilityGrid:
+    """The dilated occupancy of the points (P, 3), sorted into x strips, inside any outer box (B, 2, 3), on the
+    lattice's voxels or, past `max_cells`, on the coarsest integer multiple of them that fits."""
     lo, hi = outer[:, 0].min(axis=0), outer[:, 1].max(axis=0)
     factor = 1
     while True:
@@ -252,8 +252,7 @@ def visibility_grid(xyz: np.ndarray, outer: np.ndarray, lattice: Lattice, max_ce
             break
         factor += 1
     origin = lattice.origin + first * cell
-    strips = XStrips(xyz)
-    in_box = np.zeros(len(xyz), dtype=bool)  # of the points in x order
+    in_box = np.zeros(len(strips.points), dtype=bool)  # of the points in x order
     for box in outer:
         span = strips.span(box[0, 0], box[1, 0])
         in_box[span] |= np.all((strips.points[span] >= box[0]) & (strips.points[span] <= box[1]), axis=1)

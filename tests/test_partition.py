@@ -38,7 +38,7 @@ from bigscene.store.blocks import (
 )
 from partitioning import camera_rays, mapplot, numpy_kernels, run_partition, shuffle
 from partitioning.assign import GROUP, BlockBoxes, _assign, assign, nearest_footprint, slab
-from partitioning.layout import grid_cells, kd_cells, make_blocks, order_cells
+from partitioning.layout import XStrips, grid_cells, kd_cells, make_blocks, order_cells
 from partitioning.tasks import FAULT_DIR, FAULT_ENV
 from partitioning.voxels import Lattice, VisibilityGrid, visibility_grid
 
@@ -100,7 +100,7 @@ def test_inner_boxes_tile_the_roi_and_outer_boxes_grow_them(layout: str) -> None
     xyz = surface_points()
     xyz = xyz[np.all((xyz >= ROI[0]) & (xyz <= ROI[1]), axis=1)]
     cells = grid_cells(ROI[:, :2], 2, 2) if layout == "grid" else kd_cells(ROI[:, :2], xyz[:, :2], 5)
-    blocks = make_blocks(order_cells(cells), xyz, 0.15, 0.1, 0.1)
+    blocks = make_blocks(order_cells(cells), XStrips(xyz), 0.15, 0.1, 0.1)
     inner = np.stack([b.inner[:, :2] for b in blocks])  # (B, 2, 2)
     area = np.prod(inner[:, 1] - inner[:, 0], axis=1)
     assert area.sum() == pytest.approx(np.prod(ROI[1, :2] - ROI[0, :2]), rel=1e-12)
@@ -126,14 +126,14 @@ def test_inner_boxes_tile_the_roi_and_outer_boxes_grow_them(layout: str) -> None
 def city_layout(rows: int = 3, cols: int = 3) -> tuple[BlockBoxes, VisibilityGrid]:
     xyz = surface_points()
     xyz = xyz[np.all((xyz >= ROI[0]) & (xyz <= ROI[1]), axis=1)]
-    blocks = make_blocks(order_cells(grid_cells(ROI[:, :2], rows, cols)), xyz, 0.15, 0.1, 0.1)
+    blocks = make_blocks(order_cells(grid_cells(ROI[:, :2], rows, cols)), XStrips(xyz), 0.15, 0.1, 0.1)
     outer = np.stack([b.outer for b in blocks])
     boxes = BlockBoxes(
         outer.astype(np.float32),
         np.stack([b.inner[:, :2] for b in blocks]).astype(np.float32),
         np.array([b.ground for b in blocks], dtype=np.float32),
     )
-    return boxes, visibility_grid(xyz, outer, Lattice(ROI[0], 0.05), 1 << 20)
+    return boxes, visibility_grid(XStrips(xyz), outer, Lattice(ROI[0], 0.05), 1 << 20)
 
 
 def test_vectorised_assignment_matches_a_per_block_reference() -> None:
@@ -371,7 +371,7 @@ def test_lay_out_copies_each_ray_to_its_shuffled_row(compiled: bool, monkeypatch
 def test_partition_map_colours_each_point_by_the_block_under_it(tmp_path: Path) -> None:
     xyz = surface_points()
     xyz = xyz[np.all((xyz >= ROI[0]) & (xyz <= ROI[1]), axis=1)]
-    blocks = make_blocks(order_cells(grid_cells(ROI[:, :2], 2, 3)), xyz, 0.15, 0.1, 0.1)
+    blocks = make_blocks(order_cells(grid_cells(ROI[:, :2], 2, 3)), XStrips(xyz), 0.15, 0.1, 0.1)
     inside = [np.all((xyz[:, :2] >= b.inner[0, :2]) & (xyz[:, :2] <= b.inner[1, :2]), axis=1) for b in blocks]
     expected = np.full(len(xyz), -1)
     for b, mask in enumerate(inside):
