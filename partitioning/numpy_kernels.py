@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from partitioning.assign import _safe, slab
-from partitioning.voxels import _NUDGE
+from partitioning.voxels import _NUDGE, STILL
 
 #: Rays handled at once; bounds the (rays, blocks) temporaries.
 CHUNK_RAYS = 1 << 15
@@ -28,22 +28,23 @@ def march_rays(
     """`partitioning.voxels.march` for rays origins, dirs (N, 3) float32 at once: (N,) float32 entry t of
     each ray's first occupied cell in [t_start, t_stop], else inf."""
     out = np.full(len(origins), np.inf, dtype=np.float32)
-    p = ((origins - grid_origin) / cell).astype(np.float64)  # (N, 3) cells, computed in float32 as the kernel
+    per_cell = 1.0 / np.float64(cell)
+    p = (origins.astype(np.float64) - grid_origin.astype(np.float64)) * per_cell  # (N, 3) cells
     d = dirs.astype(np.float64)
-    lo = (t_start / cell).astype(np.float64)
-    hi = (t_stop / cell).astype(np.float64)
+    moving = d != 0.0
+    with np.errstate(divide="ignore"):
+        inv = np.where(moving, 1.0 / d, STILL)  # (N, 3)
+    ahead = np.where(d >= 0.0, 1.0 - p, -p)  # (N, 3) from p to the lower boundary of the cell ahead, less the index
+    lo = t_start.astype(np.float64) * per_cell
+    hi = t_stop.astype(np.float64) * per_cell
     ok = t_stop >= t_start
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for a, size in enumerate(distance.shape):  # clip to the grid's box
-            still = d[:, a] == 0.0
-            ok &= ~still | ((p[:, a] >= 0.0) & (p[:, a] < size))
-            ta, tb = -p[:, a] / d[:, a], (size - p[:, a]) / d[:, a]
-            lo = np.where(still, lo, np.maximum(lo, np.minimum(ta, tb)))
-            hi = np.where(still, hi, np.minimum(hi, np.maximum(ta, tb)))
-        inv = np.where(d != 0.0, 1.0 / d, 0.0)  # (N, 3)
-    reach = 1.0 / np.maximum(np.abs(d).max(axis=1), 1e-12)  # (N,) t per cell along the largest axis
+    for a, size in enumerate(distance.shape):  # clip to the grid's box
+        ok &= moving[:, a] | ((p[:, a] >= 0.0) & (p[:, a] < size))
+        ta, tb = -p[:, a] * inv[:, a], (size - p[:, a]) * inv[:, a]
+        lo = np.where(moving[:, a], np.maximum(lo, np.minimum(ta, tb)), lo)
+        hi = np.where(moving[:, a], np.minimum(hi, np.maximum(ta, tb)), hi)
     t = lo.copy()
-    active = np.flatnonzero(ok & (hi >= lo))
+    active = np.flatnonzero(ok & (lo <= hi))
     upper = np.array(distance.shape) - 1
     while active.size:
         ta = t[active]
@@ -52,14 +53,9 @@ def march_rays(
         hit = far == 0
         done = active[hit]
         out[done] = (np.maximum(ta[hit] - _NUDGE, lo[done]) * np.float64(cell)).astype(np.float32)
-        jump = far >= 2
-        t[active[jump]] += (far[jump].astype(np.int64) - 1) * reach[active[jump]]
-        walk = ~hit & ~jump
-        rows = active[walk]
-        with np.errstate(invalid="ignore"):
-            ahead = np.where(inv[rows] > 0.0, ijk[walk] + 1 - p[rows], ijk[walk] - p[rows]) * inv[rows]
-        step = np.where(inv[rows] != 0.0, ahead - t[rows, None], np.inf).min(axis=1)
-        t[rows] += np.maximum(step, 0.0) + _NUDGE
+        reach = far.astype(np.float64) - 1.0  # (A,) cells of the empty cube on each side of this one
+        leave = (ijk + ahead[active]) * inv[active] + reach[:, None] * np.abs(inv[active])  # (A, 3)
+        t[active] = np.maximum(np.minimum(leave[:, 0], np.minimum(leave[:, 1], leave[:, 2])), ta) + _NUDGE
         active = active[~hit]
         active = active[t[active] <= hi[active]]
     return out

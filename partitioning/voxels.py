@@ -94,35 +94,22 @@ class VisibilityGrid:
 
 
 @jit
-def _axis_step(p: float, inv: float, t: float, cell_index: int) -> float:
-    """Distance along the ray from t to the boundary of cell `cell_index` ahead of it on one axis
-    (inv: the inverse direction component, 0 where the component is 0)."""
-    if inv > 0.0:
-        return (cell_index + 1 - p) * inv - t
-    if inv < 0.0:
-        return (cell_index - p) * inv - t
-    return np.inf
-
-
-@jit
-def _inverse(value: float) -> float:
-    """1 / value, or 0 for 0 (an axis the ray does not move along)."""
-    return 1.0 / value if value != 0.0 else 0.0
-
-
-@jit
-def _clip(p: float, d: float, size: int, lo_t: float, hi_t: float) -> tuple[float, float]:
-    """[lo_t, hi_t] clipped to where the ray p + t d lies in [0, size) on one axis (empty: lo_t > hi_t)."""
+def _clip(p: float, d: float, inv: float, size: int, lo_t: float, hi_t: float) -> tuple[float, float]:
+    """[lo_t, hi_t] clipped to where the ray p + t d (inv = 1 / d) lies in [0, size) on one axis (empty:
+    lo_t > hi_t)."""
     if d == 0.0:
         return (lo_t, hi_t) if 0.0 <= p < size else (1.0, 0.0)
-    ta, tb = -p / d, (size - p) / d
+    ta, tb = -p * inv, (size - p) * inv
     return max(lo_t, min(ta, tb)), min(hi_t, max(ta, tb))
 
 
-#: Columns of `march`'s per-ray state: position p and direction d (cells), inverse direction, t per cell along the
-#: largest axis, the clipped range [lo, hi] and the current t.
-MARCH_STATE = 13
-_PX, _PY, _PZ, _DX, _DY, _DZ, _IX, _IY, _IZ, _REACH, _LO, _HI, _T = range(MARCH_STATE)
+#: Columns of `march`'s per-ray state: position p and direction d (cells); per axis, the offset from p to the
+#: lower boundary of the cell ahead (cell index + offset is that boundary, minus p) and the inverse direction
+#: (`STILL` on an axis the ray does not move along); the clipped range [lo, hi] and the current t.
+MARCH_STATE = 15
+_PX, _PY, _PZ, _DX, _DY, _DZ, _BX, _BY, _BZ, _IX, _IY, _IZ, _LO, _HI, _T = range(MARCH_STATE)
+#: Inverse direction of an axis the ray does not move along: its exit from any cube lies beyond every range.
+STILL = 1e300
 
 
 @jit
@@ -144,60 +131,57 @@ def march(
     ray rows[q] of origins, dirs (N, 3); see `first_hit`. state (count, MARCH_STATE) float64 and active (count,)
     int64 are scratch.
 
-    Works in cell units: in a cell at chessboard distance k >= 2 from the surface, every point within k - 1
-    cells on every axis is empty, so the ray jumps until it has moved k - 1 cells along its largest axis;
-    otherwise it steps to the next cell boundary. The rays take their steps in turn, so that one ray's wait for
-    memory overlaps the others' work.
+    Works in cell units: a cell at chessboard distance k >= 1 from the surface is the centre of an empty cube
+    of 2k - 1 cells a side, so the ray steps to where it leaves that cube (k = 1: the cell itself, as a cell
+    traversal does) and lands just past it. The rays take their steps in turn and without branches, so that
+    one ray's wait for memory overlaps the others' work and no step waits on a mispredicted branch.
     """
     nx, ny, nz = distance.shape
+    cells = distance.reshape(-1)
+    per_cell = 1.0 / np.float64(cell)
     live = 0
     for q in range(count):
         out[q] = np.inf
-        if not t_stop[q] >= t_start[q]:
-            continue
         r = rows[q]
-        px = (origins[r, 0] - grid_origin[0]) / cell
-        py = (origins[r, 1] - grid_origin[1]) / cell
-        pz = (origins[r, 2] - grid_origin[2]) / cell
+        px = (np.float64(origins[r, 0]) - grid_origin[0]) * per_cell
+        py = (np.float64(origins[r, 1]) - grid_origin[1]) * per_cell
+        pz = (np.float64(origins[r, 2]) - grid_origin[2]) * per_cell
         dx, dy, dz = np.float64(dirs[r, 0]), np.float64(dirs[r, 1]), np.float64(dirs[r, 2])
-        lo_t, hi_t = _clip(px, dx, nx, t_start[q] / cell, t_stop[q] / cell)
-        lo_t, hi_t = _clip(py, dy, ny, lo_t, hi_t)
-        lo_t, hi_t = _clip(pz, dz, nz, lo_t, hi_t)
-        if not lo_t <= hi_t:
-            continue
+        ix = 1.0 / dx if dx != 0.0 else STILL
+        iy = 1.0 / dy if dy != 0.0 else STILL
+        iz = 1.0 / dz if dz != 0.0 else STILL
+        lo_t, hi_t = _clip(px, dx, ix, nx, t_start[q] * per_cell, t_stop[q] * per_cell)
+        lo_t, hi_t = _clip(py, dy, iy, ny, lo_t, hi_t)
+        lo_t, hi_t = _clip(pz, dz, iz, nz, lo_t, hi_t)
         state[q, _PX], state[q, _PY], state[q, _PZ] = px, py, pz
         state[q, _DX], state[q, _DY], state[q, _DZ] = dx, dy, dz
-        state[q, _IX], state[q, _IY], state[q, _IZ] = _inverse(dx), _inverse(dy), _inverse(dz)
-        state[q, _REACH] = 1.0 / max(abs(dx), abs(dy), abs(dz), 1e-12)
+        state[q, _BX] = 1.0 - px if dx >= 0.0 else -px
+        state[q, _BY] = 1.0 - py if dy >= 0.0 else -py
+        state[q, _BZ] = 1.0 - pz if dz >= 0.0 else -pz
+        state[q, _IX], state[q, _IY], state[q, _IZ] = ix, iy, iz
         state[q, _LO], state[q, _HI], state[q, _T] = lo_t, hi_t, lo_t
         active[live] = q
-        live += 1
+        live += t_stop[q] >= t_start[q] and lo_t <= hi_t
     while live:
         kept = 0
         for a in range(live):
             q = active[a]
-            px, py, pz, t = state[q, _PX], state[q, _PY], state[q, _PZ], state[q, _T]
+            t = state[q, _T]
             # coordinates are >= 0 up to rounding here, so truncation is floor after the clamp
-            i = min(max(int(px + t * state[q, _DX]), 0), nx - 1)
-            j = min(max(int(py + t * state[q, _DY]), 0), ny - 1)
-            k = min(max(int(pz + t * state[q, _DZ]), 0), nz - 1)
-            far = distance[i, j, k]
-            if far == 0:
-                out[q] = np.float32(max(t - _NUDGE, state[q, _LO]) * cell)
-                continue
-            if far >= 2:
-                t += (far - 1) * state[q, _REACH]
-            else:
-                step = min(
-                    _axis_step(px, state[q, _IX], t, i),
-                    _axis_step(py, state[q, _IY], t, j),
-                    _axis_step(pz, state[q, _IZ], t, k),
-                )
-                t += max(step, 0.0) + _NUDGE
-            if t <= state[q, _HI]:
-                state[q, _T] = t
-                active[kept] = q
-                kept += 1
+            i = min(max(int(state[q, _PX] + t * state[q, _DX]), 0), nx - 1)
+            j = min(max(int(state[q, _PY] + t * state[q, _DY]), 0), ny - 1)
+            k = min(max(int(state[q, _PZ] + t * state[q, _DZ]), 0), nz - 1)
+            far = cells[(i * ny + j) * nz + k]
+            reach = far - 1.0  # cells of the empty cube on each side of this one
+            leave_x = (i + state[q, _BX]) * state[q, _IX] + reach * abs(state[q, _IX])
+            leave_y = (j + state[q, _BY]) * state[q, _IY] + reach * abs(state[q, _IY])
+            leave_z = (k + state[q, _BZ]) * state[q, _IZ] + reach * abs(state[q, _IZ])
+            hit = far == 0
+            out[q] = np.float32(max(t - _NUDGE, state[q, _LO]) * cell) if hit else out[q]
+            t = max(min(leave_x, min(leave_y, leave_z)), t) + _NUDGE
+            state[q, _T] = t
+            active[kept] = q
+            kept += not hit and t <= state[q, _HI]
         live = kept
 
 
