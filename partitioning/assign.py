@@ -8,9 +8,10 @@ to the background of the first block whose ground footprint they pass over, with
 (near == far), or are dropped with `sky="drop"`.
 
 One compiled pass over the rays (numba): consecutive rays are grouped (callers pass image tiles, see
-`tile_order`), a cone test per group keeps the few blocks the group can reach, the slab test runs against
-those only (a box against all the group's rays at once, in SIMD lanes), and one visibility march per ray
-(jumping across empty space; the group's rays step in turn) serves every block it crosses.
+`tile_order`), a slab test on intervals per group (bounds on its origins and inverse directions) keeps the
+few blocks the group may cross, the slab test runs against those only (a box against all the group's rays at
+once, in SIMD lanes), and one visibility march per ray (jumping across empty space; the group's rays step in
+turn) serves every block it crosses.
 Without numba, `partitioning.numpy_kernels` gives the same results, vectorised over rays.
 """
 
@@ -26,7 +27,7 @@ from partitioning.voxels import MARCH_STATE, VisibilityGrid, march
 
 #: Direction components smaller than this are treated as this (keeps the slab test finite).
 _TINY = np.float32(1e-12)
-#: Consecutive rays sharing one cone test (a 16 x 16 pixel tile).
+#: Consecutive rays sharing one test of which boxes they may cross (a 16 x 16 pixel tile).
 GROUP = 256
 
 
@@ -56,7 +57,7 @@ class Assignment:
 
 
 def tile_order(width: int, height: int, tile: int = 16) -> np.ndarray:
-    """(W*H,) permutation of row-major pixel indices into tile x tile tiles, so GROUP rays share a cone."""
+    """(W*H,) permutation of row-major pixel indices into tile x tile tiles, so GROUP rays point alike."""
     ys, xs = np.divmod(np.arange(width * height), width)
     key = (ys // tile) * ((width + tile - 1) // tile) + xs // tile
     return np.argsort(key, kind="stable")
@@ -228,52 +229,43 @@ def _bounds(inner_xy: np.ndarray) -> np.ndarray:
 
 
 @inlined
-def _reachable(o: np.ndarray, d: np.ndarray, valid: np.ndarray, centre: np.ndarray, radius: np.ndarray) -> np.ndarray:
-    """(B,) bool: which boxes (bounding spheres centre (B, 3), radius (B,)) the valid rays of a group o, d
-    (n, 3) may cross; a conservative cone test.
+def _axis_span(
+    lo: np.float32, hi: np.float32, o_min: np.float32, o_max: np.float32, i_min: np.float32, i_max: np.float32
+) -> tuple[np.float32, np.float32]:
+    """Bounds on where rays, origins in [o_min, o_max] and inverse directions in [i_min, i_max] on one axis, enter
+    and leave the slab [lo, hi] of that axis: (plane - origin) * inverse is monotone in each, so its extremes lie
+    at the corners, in float32 as in the slab test (rounding keeps the order)."""
+    a, b, c, e = (lo - o_max) * i_min, (lo - o_max) * i_max, (lo - o_min) * i_min, (lo - o_min) * i_max
+    f, g, h, k = (hi - o_max) * i_min, (hi - o_max) * i_max, (hi - o_min) * i_min, (hi - o_min) * i_max
+    enter = min(min(min(a, b), min(c, e)), min(min(f, g), min(h, k)))
+    leave = max(max(max(a, b), max(c, e)), max(max(f, g), max(h, k)))
+    return enter, leave
 
-    The rays lie in the cone from their origins' centre, around their mean direction, as wide as the widest
-    ray (half-angle alpha); a box can be crossed only if its bounding sphere, grown by the origins' spread, meets
-    that cone: the angle to the sphere's centre is at most alpha plus the sphere's angular radius beta. Compared
-    as cosines, so no trigonometry: cos(alpha + beta) = cos(alpha) cos(beta) - sin(alpha) sin(beta).
-    """
-    n = 0
-    mx = my = mz = ax = ay = az = 0.0  # origins' centre, directions' sum
-    for r in range(len(o)):
-        if valid[r]:
-            n += 1
-            mx, my, mz = mx + o[r, 0], my + o[r, 1], mz + o[r, 2]
-            ax, ay, az = ax + d[r, 0], ay + d[r, 1], az + d[r, 2]
-    mx, my, mz = mx / n, my / n, mz / n
-    length = np.sqrt(ax * ax + ay * ay + az * az)
-    scale = 1.0 / max(length, 1e-12)
-    ax, ay, az = ax * scale, ay * scale, az * scale
-    spread_sq, cos_alpha = 0.0, 1.0
-    for r in range(len(o)):
-        if valid[r]:
-            spread_sq = max(spread_sq, (o[r, 0] - mx) ** 2 + (o[r, 1] - my) ** 2 + (o[r, 2] - mz) ** 2)
-            cos_alpha = min(cos_alpha, d[r, 0] * ax + d[r, 1] * ay + d[r, 2] * az)
-    if length <= 1e-3:  # directions that cancel out: no axis, the cone is all space
-        cos_alpha = -1.0
-    cos_alpha = min(max(cos_alpha, -1.0), 1.0)
-    sin_alpha = np.sqrt(1.0 - cos_alpha * cos_alpha)
-    spread = np.sqrt(spread_sq)
-    out = np.empty(len(radius), dtype=np.bool_)
-    for b in range(len(radius)):
-        tx, ty, tz = centre[b, 0] - mx, centre[b, 1] - my, centre[b, 2] - mz
-        dist = np.sqrt(tx * tx + ty * ty + tz * tz)
-        grown = radius[b] + spread
-        if dist <= grown:
-            out[b] = True
-            continue
-        sin_beta = grown / dist
-        cos_beta = np.sqrt(1.0 - sin_beta * sin_beta)
-        if cos_alpha <= -cos_beta:  # alpha + beta >= pi
-            out[b] = True
-            continue
-        cos_theta = (tx * ax + ty * ay + tz * az) / dist
-        out[b] = cos_theta >= cos_alpha * cos_beta - sin_alpha * sin_beta - 1e-6
-    return out
+
+@inlined
+def _spans(x: np.ndarray, y: np.ndarray, z: np.ndarray, valid: np.ndarray, g: int, size: int, out: np.ndarray) -> None:
+    """out (2, 3) = the (min, max) of x, y, z (GROUP,) float32 over the group's valid rays (valid[g + j])."""
+    x_lo = y_lo = z_lo = np.float32(np.inf)
+    x_hi = y_hi = z_hi = np.float32(-np.inf)
+    for j in range(size):
+        if valid[g + j]:
+            x_lo, x_hi = min(x_lo, x[j]), max(x_hi, x[j])
+            y_lo, y_hi = min(y_lo, y[j]), max(y_hi, y[j])
+            z_lo, z_hi = min(z_lo, z[j]), max(z_hi, z[j])
+    out[0, 0], out[0, 1], out[0, 2], out[1, 0], out[1, 1], out[1, 2] = x_lo, y_lo, z_lo, x_hi, y_hi, z_hi
+
+
+@inlined
+def _may_cross(box: np.ndarray, origin_span: np.ndarray, inverse_span: np.ndarray) -> bool:
+    """Whether any ray of a group, origins within origin_span (2, 3) and inverse directions within inverse_span
+    (2, 3) (min and max per axis), may cross box (2, 3): an interval slab test that never misses a crossing."""
+    enter, leave = np.float32(0.0), np.float32(np.inf)
+    for a in range(3):
+        t0, t1 = _axis_span(
+            box[0, a], box[1, a], origin_span[0, a], origin_span[1, a], inverse_span[0, a], inverse_span[1, a]
+        )
+        enter, leave = max(enter, t0), min(leave, t1)
+    return enter < leave
 
 
 @inlined
@@ -324,14 +316,6 @@ def _assign(
     background (M,) bool, and the numbers of invalid and of dropped sky rays."""
     n, num_boxes = len(o), len(outer)
     bounds = _bounds(inner_xy)
-    centre = np.empty((num_boxes, 3))
-    radius = np.empty(num_boxes)
-    for b in range(num_boxes):
-        size = 0.0
-        for a in range(3):
-            centre[b, a] = 0.5 * (np.float64(outer[b, 0, a]) + outer[b, 1, a])
-            size += (np.float64(outer[b, 1, a]) - outer[b, 0, a]) ** 2
-        radius[b] = 0.5 * np.sqrt(size)
     valid = np.empty(n, dtype=np.bool_)
     zero = np.float32(0.0)
     for r in range(n):  # x * 0 is 0 for finite x, nan for inf and nan: a branch-free finiteness test
@@ -344,6 +328,7 @@ def _assign(
     near_far = np.empty((capacity, 2), dtype=np.float32)
     background = np.empty(capacity, dtype=np.bool_)
     candidates = np.empty(num_boxes, dtype=np.int64)
+    origin_span, inverse_span = np.empty((2, 3), np.float32), np.empty((2, 3), np.float32)  # a group's (min, max)
     # a group's rays, one array per coordinate, so the slab test runs over rays in SIMD lanes
     ox, oy, oz = np.empty(GROUP, np.float32), np.empty(GROUP, np.float32), np.empty(GROUP, np.float32)
     ix, iy, iz = np.empty(GROUP, np.float32), np.empty(GROUP, np.float32), np.empty(GROUP, np.float32)
@@ -360,12 +345,6 @@ def _assign(
         end = min(n, g + GROUP)
         if not valid[g:end].any():
             continue
-        reach = _reachable(o[g:end], d[g:end], valid[g:end], centre, radius)
-        c = 0
-        for b in range(num_boxes):
-            if reach[b]:
-                candidates[c] = b
-                c += 1
         size = end - g
         for j in range(size):
             r = g + j
@@ -373,6 +352,12 @@ def _assign(
             ix[j] = np.float32(1.0) / _safe_component(d[r, 0])
             iy[j] = np.float32(1.0) / _safe_component(d[r, 1])
             iz[j] = np.float32(1.0) / _safe_component(d[r, 2])
+        _spans(ox, oy, oz, valid, g, size, origin_span)
+        _spans(ix, iy, iz, valid, g, size, inverse_span)
+        c = 0
+        for b in range(num_boxes):
+            candidates[c] = b
+            c += _may_cross(outer[b], origin_span, inverse_span)
         for i in range(c):
             b = candidates[i]
             _slab_lanes(outer[b], ground[b], ox, oy, oz, ix, iy, iz, dz, size, t0s[i], t1s[i], crosses[i])

@@ -85,21 +85,19 @@ def nearest_footprint(origins: np.ndarray, dirs: np.ndarray, inner_xy: np.ndarra
     return block.astype(np.int32), t
 
 
-def _reachable(o: np.ndarray, d: np.ndarray, outer: np.ndarray) -> np.ndarray:
-    """(G, B) bool: `partitioning.assign._reachable` for groups of rays o, d (G, n, 3) at once."""
-    centre = o.mean(axis=1, dtype=np.float64)  # (G, 3)
-    spread = np.linalg.norm(o - centre[:, None], axis=-1).max(axis=1)
-    axis = d.sum(axis=1, dtype=np.float64)
-    length = np.linalg.norm(axis, axis=-1)
-    axis = axis / np.maximum(length, 1e-12)[:, None]
-    cos_alpha = np.einsum("gnc,gc->gn", d, axis).min(axis=1)
-    alpha = np.where(length > 1e-3, np.arccos(np.clip(cos_alpha, -1.0, 1.0)), np.pi)
-    box = outer.astype(np.float64)
-    to_box = box.mean(axis=1)[None] - centre[:, None]  # (G, B, 3)
-    dist = np.maximum(np.linalg.norm(to_box, axis=-1), 1e-12)
-    radius = 0.5 * np.linalg.norm(box[:, 1] - box[:, 0], axis=-1)[None] + spread[:, None]
-    theta = np.arccos(np.clip(np.einsum("gbc,gc->gb", to_box, axis) / dist, -1.0, 1.0))
-    return (dist <= radius) | (theta <= alpha[:, None] + np.arcsin(np.clip(radius / dist, 0.0, 1.0)) + 1e-6)
+def _may_cross(o: np.ndarray, inv: np.ndarray, outer: np.ndarray) -> np.ndarray:
+    """(G, B) bool: `partitioning.assign._may_cross` for groups of rays, origins o and inverse directions inv
+    (G, n, 3) float32, against boxes outer (B, 2, 3) float32."""
+    enter = np.zeros((len(o), len(outer)), dtype=np.float32)
+    leave = np.full_like(enter, np.inf)
+    for a in range(3):
+        origin = np.stack([o[:, :, a].max(axis=1), o[:, :, a].min(axis=1)], axis=-1)  # (G, 2)
+        inverse = np.stack([inv[:, :, a].min(axis=1), inv[:, :, a].max(axis=1)], axis=-1)  # (G, 2)
+        gap = outer[None, :, :, a, None] - origin[:, None, None, :]  # (G, B, plane, origin)
+        t = (gap[..., None] * inverse[:, None, None, None, :]).reshape(len(o), len(outer), 8)  # corners
+        np.maximum(enter, t.min(axis=-1), out=enter)
+        np.minimum(leave, t.max(axis=-1), out=leave)
+    return enter < leave
 
 
 def assign_arrays(
@@ -171,13 +169,13 @@ def _foreground(
         return np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros((0, 2), np.float32)
     pad = -n % group  # the last group padded with its last ray
     grouped_o = np.concatenate([o, np.repeat(o[-1:], pad, axis=0)]).reshape(-1, group, 3)
-    grouped_d = np.concatenate([d, np.repeat(d[-1:], pad, axis=0)]).reshape(-1, group, 3)
-    group_of, block = np.nonzero(_reachable(grouped_o, grouped_d, outer))  # (Q,) candidate (group, block)
+    inv = np.float32(1.0) / _safe(d)
+    grouped_inv = np.concatenate([inv, np.repeat(inv[-1:], pad, axis=0)]).reshape(-1, group, 3)
+    group_of, block = np.nonzero(_may_cross(grouped_o, grouped_inv, outer))  # (Q,) candidate (group, block)
     ray = (group_of[:, None] * group + np.arange(group)[None]).reshape(-1)
     block = np.repeat(block, group)
     real = ray < n
     ray, block = ray[real], block[real]
-    inv = np.float32(1.0) / _safe(d)
     t0 = np.zeros(len(ray), dtype=np.float32)
     t1 = np.full(len(ray), np.inf, dtype=np.float32)
     for axis in range(3):

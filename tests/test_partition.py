@@ -19,7 +19,7 @@ import pytest
 import torch
 import zarr
 from PIL import Image
-from test_partition_scene import HEIGHT, ROI, WIDTH, make_city, nadir_poses, ray_depth, surface_points
+from test_partition_scene import HEIGHT, ROI, WIDTH, make_city, nadir_poses, ray_depth, ring_poses, surface_points
 
 from bigscene.config import Config, load_config
 from bigscene.errors import ConfigError, InputError, WorkspaceError
@@ -37,7 +37,7 @@ from bigscene.store.blocks import (
     store_checksum,
 )
 from partitioning import camera_rays, mapplot, numpy_kernels, run_partition, shuffle
-from partitioning.assign import GROUP, BlockBoxes, _assign, assign, nearest_footprint, slab
+from partitioning.assign import GROUP, BlockBoxes, _assign, _may_cross, assign, nearest_footprint, slab, tile_order
 from partitioning.layout import XStrips, grid_cells, kd_cells, make_blocks, order_cells
 from partitioning.tasks import FAULT_DIR, FAULT_ENV
 from partitioning.voxels import Lattice, VisibilityGrid, visibility_grid
@@ -160,6 +160,39 @@ def test_vectorised_assignment_matches_a_per_block_reference() -> None:
     np.testing.assert_allclose(np.array([got[k] for k in expected]), np.array(list(expected.values())), rtol=1e-6)
     sky = found.ray[found.background]
     assert set(sky.tolist()) == set(np.flatnonzero(~crosses.any(axis=1)).tolist())
+
+
+def test_group_test_keeps_every_box_a_ray_of_its_group_crosses() -> None:
+    """The slab test on a group's intervals may keep boxes no ray crosses, never drop one that a ray does: tiles of
+    nadir cameras (directions that change sign mid-image, and exact zeros at the principal point) and of oblique
+    ones. It prunes most boxes, and the numpy fallback keeps the same ones."""
+    boxes, _ = city_layout(4, 4)
+    camera = Camera.pinhole(40.0, 40.0, 31.5, 23.5, 64, 48)  # pixel (31, 23)'s centre is the principal point
+    pixels = camera.pixel_grid().numpy()[tile_order(64, 48)]
+    rays = [camera_rays.image_rays(camera, c2w, pixels) for c2w in [*nadir_poses(4), *ring_poses(4)]]
+    for c2w in ring_poses(3):  # two cameras a little apart, their rays interleaved: groups of several origins
+        moved = c2w.copy()
+        moved[:3, 3] += [0.05, -0.03, 0.02]
+        pair = [camera_rays.image_rays(camera, pose, pixels[: len(pixels) // 2]) for pose in (c2w, moved)]
+        rays.append(tuple(np.stack([pair[0][k], pair[1][k]], axis=1).reshape(-1, 3) for k in range(2)))
+    o, d = np.concatenate([r[0] for r in rays]), np.concatenate([r[1] for r in rays])
+    assert np.any(d[:, :2] == 0.0)
+    t0, t1 = slab(o, d, boxes.outer[:, 0], boxes.outer[:, 1])
+    crossed = (t1 > t0).reshape(-1, GROUP, len(boxes)).any(axis=1)  # (groups, B): a ray of the group crosses
+    inv = (np.float32(1.0) / np.where(np.abs(d) < 1e-12, np.where(d < 0, -1e-12, 1e-12), d)).astype(np.float32)
+    grouped_o, grouped_inv = o.reshape(-1, GROUP, 3), inv.reshape(-1, GROUP, 3)
+    kept = np.array(
+        [
+            [
+                _may_cross(box, np.stack([go.min(axis=0), go.max(axis=0)]), np.stack([gi.min(axis=0), gi.max(axis=0)]))
+                for box in boxes.outer
+            ]
+            for go, gi in zip(grouped_o, grouped_inv, strict=True)
+        ]
+    )
+    assert crossed.sum() > 50 and np.all(kept[crossed])
+    assert kept.mean() < 0.5, kept.mean()
+    np.testing.assert_array_equal(numpy_kernels._may_cross(grouped_o, grouped_inv, boxes.outer), kept)
 
 
 def test_numpy_fallback_gives_the_compiled_results_exactly() -> None:
