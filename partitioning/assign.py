@@ -336,7 +336,9 @@ def _assign(
     t0s = np.empty((num_boxes, GROUP), np.float32)  # (candidate, ray) entry and exit
     t1s = np.empty((num_boxes, GROUP), np.float32)
     crosses = np.empty((num_boxes, GROUP), np.bool_)
-    crossed = np.empty(GROUP, np.int64)  # per ray: boxes crossed
+    crossed = np.empty(GROUP, np.int64)  # per ray: boxes crossed, and the first and last entry into one
+    first, last = np.empty(GROUP, np.float32), np.empty(GROUP, np.float32)
+    seen = np.empty(GROUP, np.float32)  # per ray: its first surface voxel plus the margin, inf if not marched
     rows, t_start, t_stop = np.empty(GROUP, np.int64), np.empty(GROUP, np.float32), np.empty(GROUP, np.float32)
     hits, state, active = np.empty(GROUP, np.float32), np.empty((GROUP, MARCH_STATE)), np.empty(GROUP, np.int64)
     inf = np.float32(np.inf)
@@ -367,22 +369,26 @@ def _assign(
             block = np.concatenate((block, np.empty(capacity - len(block), dtype=np.int32)))
             near_far = np.concatenate((near_far, np.empty((capacity - len(near_far), 2), dtype=np.float32)))
             background = np.concatenate((background, np.empty(capacity - len(background), dtype=np.bool_)))
+        for j in range(size):
+            crossed[j], first[j], last[j] = 0, inf, -inf
+        for i in range(c):  # box by box over the rays, without branches: SIMD lanes again
+            for j in range(size):
+                crossed[j] += crosses[i, j]
+                first[j] = min(first[j], t0s[i, j] if crosses[i, j] else inf)
+                last[j] = max(last[j], t0s[i, j] if crosses[i, j] else -inf)
         queued = 0  # rays crossing several boxes, marched together: the visibility of the later ones
         for j in range(size):
-            crossed[j] = 0
-            if not valid[g + j]:
-                continue
-            first, last = inf, -inf
-            for i in range(c):
-                if crosses[i, j]:
-                    crossed[j] += 1
-                    first = min(first, t0s[i, j])
-                    last = max(last, t0s[i, j])
-            if crossed[j] >= 2:
-                rows[queued], t_start[queued], t_stop[queued] = g + j, first, last - margin
+            if crossed[j] >= 2 and valid[g + j]:
+                rows[queued], t_start[queued], t_stop[queued] = g + j, first[j], last[j] - margin
                 queued += 1
         march(o, d, rows, t_start, t_stop, queued, distance, grid_origin, cell, hits, state, active)
-        queued = 0
+        for j in range(size):
+            seen[j] = inf
+        for k in range(queued):
+            seen[rows[k] - g] = hits[k] + margin
+        for i in range(c):  # a box a ray enters past its first surface voxel (and the margin) is not seen
+            for j in range(size):
+                crosses[i, j] &= t0s[i, j] <= seen[j]
         under, nearest, x, y = -1, -1, np.nan, np.nan  # `_over` the origin (x, y): a group's rays share origins
         for j in range(size):
             r = g + j
@@ -402,12 +408,8 @@ def _assign(
                 near_far[m, 0], near_far[m, 1] = sky_t, sky_t
                 m += 1
                 continue
-            seen = inf
-            if crossed[j] >= 2:
-                seen = hits[queued] + margin
-                queued += 1
             for i in range(c):
-                if crosses[i, j] and t0s[i, j] <= seen:
+                if crosses[i, j]:
                     ray[m], block[m], background[m] = r, candidates[i], False
                     near_far[m, 0], near_far[m, 1] = t0s[i, j], t1s[i, j]
                     m += 1
