@@ -34,7 +34,7 @@ def march_rays(
     moving = d != 0.0
     with np.errstate(divide="ignore"):
         inv = np.where(moving, 1.0 / d, STILL)  # (N, 3)
-    ahead = np.where(d >= 0.0, 1.0 - p, -p)  # (N, 3) from p to the lower boundary of the cell ahead, less the index
+    leaves_by = np.where(d >= 0.0, 1.0 - p, -p)  # (N, 3) the side by which the ray leaves a cell, less p
     lo = t_start.astype(np.float64) * per_cell
     hi = t_stop.astype(np.float64) * per_cell
     ok = t_stop >= t_start
@@ -54,7 +54,7 @@ def march_rays(
         done = active[hit]
         out[done] = (np.maximum(ta[hit] - _NUDGE, lo[done]) * np.float64(cell)).astype(np.float32)
         reach = far.astype(np.float64) - 1.0  # (A,) cells of the empty cube on each side of this one
-        leave = (ijk + ahead[active]) * inv[active] + reach[:, None] * np.abs(inv[active])  # (A, 3)
+        leave = (ijk + leaves_by[active]) * inv[active] + reach[:, None] * np.abs(inv[active])  # (A, 3)
         t[active] = np.maximum(np.minimum(leave[:, 0], np.minimum(leave[:, 1], leave[:, 2])), ta) + _NUDGE
         active = active[~hit]
         active = active[t[active] <= hi[active]]

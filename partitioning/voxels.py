@@ -103,9 +103,10 @@ def _clip(p: float, d: float, inv: float, size: int, lo_t: float, hi_t: float) -
     return max(lo_t, min(ta, tb)), min(hi_t, max(ta, tb))
 
 
-#: Columns of `march`'s per-ray state: position p and direction d (cells); per axis, the offset from p to the
-#: lower boundary of the cell ahead (cell index + offset is that boundary, minus p) and the inverse direction
-#: (`STILL` on an axis the ray does not move along); the clipped range [lo, hi] and the current t.
+#: Columns of `march`'s per-ray state: position p and direction d (cells); per axis, the side by which the ray
+#: leaves a cell (1 moving up or not at all, 0 moving down) less p, so that (cell index + it) * inverse is the t
+#: where it leaves that cell, and the inverse direction (`STILL` on an axis the ray does not move along); the
+#: clipped range [lo, hi] and the current t.
 MARCH_STATE = 15
 _PX, _PY, _PZ, _DX, _DY, _DZ, _BX, _BY, _BZ, _IX, _IY, _IZ, _LO, _HI, _T = range(MARCH_STATE)
 #: Inverse direction of an axis the ray does not move along: its exit from any cube lies beyond every range.
