@@ -4,7 +4,8 @@
   one visibility march per ray) against a straightforward per-block numpy loop (a numpy slab test per
   block, then one march per later (ray, block) pair), on the same rays; the two must agree exactly. Both run
   with freed memory kept in the heap, as partition tasks run (`partitioning.heap`); a second row gives the
-  compiled assignment on glibc's defaults, under which every call faults its output arrays in again.
+  compiled assignment on glibc's defaults, under which every call faults its output arrays in again, and a
+  third the same rays into 32 x 32 blocks (more pairs per ray, and many more boxes to pass over).
 - End to end: rays written by `run_partition` with the inline engine (tasks one after another) on 1.2 MP images,
   per second of wall time against a straightforward partitioner (per image, the per-block numpy loop, then each
   block's rays written to its store), and per second of wall time, of its batch phase alone (what a run of
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 ROI = np.array([[-1.0, -1.0, -0.05], [1.0, 1.0, 0.5]])
 GRID = 8  # GRID x GRID blocks
+LARGE_GRID = 32  # a layout of many blocks, for how assignment scales with them
 VOXEL = 0.02
 MARGIN = 0.1
 
@@ -86,8 +88,9 @@ def poses(count: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def layout(xyz: np.ndarray) -> tuple[BlockBoxes, VisibilityGrid]:
-    cells = order_cells(grid_cells(ROI[:, :2], GRID, GRID))
+def layout(xyz: np.ndarray, side: int = GRID) -> tuple[BlockBoxes, VisibilityGrid]:
+    """side x side blocks over the ROI, and their visibility grid."""
+    cells = order_cells(grid_cells(ROI[:, :2], side, side))
     strips = XStrips(xyz)
     blocks = make_blocks(cells, strips, 0.15, 0.1, 2 * VOXEL)
     outer = np.stack([b.outer for b in blocks])
@@ -162,11 +165,21 @@ def assignment_rows() -> list[BenchRow]:
         raise AssertionError("compiled assignment disagrees with the per-block loop")
     n = len(o)
     log.info("assignment: %d rays, %d blocks, %.2f blocks per ray", n, len(boxes), len(found.ray) / n)
+    many_boxes, many_grid = layout(xyz, LARGE_GRID)  # the same rays into 16x as many blocks
+    many_s, many = best_of(lambda: assign(o, d, many_boxes, many_grid, MARGIN), repeats=7)
+    log.info("assignment into %d blocks: %.2f blocks per ray", len(many_boxes), len(many.ray) / n)
     name = f"assigned rays/s/core, {GRID}x{GRID} blocks"
     kept = f"{name} (freed memory kept, as in a partition task)"
     return [
         BenchRow(kept, n / fast_s, "per-block loop", n / slow_s, "rays/s"),
         BenchRow(f"{name}, glibc's default heap", n / fresh_s, "freed memory kept", n / fast_s, "rays/s"),
+        BenchRow(
+            f"assigned rays/s/core, {LARGE_GRID}x{LARGE_GRID} blocks (freed memory kept)",
+            n / many_s,
+            f"{GRID}x{GRID} blocks",
+            n / fast_s,
+            "rays/s",
+        ),
     ]
 
 

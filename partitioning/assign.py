@@ -29,6 +29,9 @@ from partitioning.voxels import MARCH_STATE, VisibilityGrid, march
 _TINY = np.float32(1e-12)
 #: Consecutive rays sharing one test of which boxes they may cross (a 16 x 16 pixel tile).
 GROUP = 256
+#: Boxes tested together before one by one: CLUSTER consecutive block ids (part of a row of the layout) under the
+#: box holding them, so that a group of rays, or a sky ray, passes over most blocks of a large layout at once.
+CLUSTER = 8
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ def nearest_footprint(origins: np.ndarray, dirs: np.ndarray, inner_xy: np.ndarra
 def _nearest_footprints(origins: np.ndarray, dirs: np.ndarray, inner_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     block = np.empty(len(origins), dtype=np.int32)
     t = np.empty(len(origins), dtype=np.float32)
-    bounds = _bounds(inner_xy)
+    bounds, footprints = _bounds(inner_xy), _clusters(inner_xy)
     under = nearest = -1
     x = y = np.nan
     for r in range(len(origins)):
@@ -112,7 +115,9 @@ def _nearest_footprints(origins: np.ndarray, dirs: np.ndarray, inner_xy: np.ndar
             under, nearest = _over(origins[r], inner_xy)
         block[r], t[r] = under, np.float32(0.0)
         if under < 0:
-            block[r], t[r] = _sky_block(origins[r, 0], origins[r, 1], dirs[r, 0], dirs[r, 1], inner_xy, bounds, nearest)
+            block[r], t[r] = _sky_block(
+                origins[r, 0], origins[r, 1], dirs[r, 0], dirs[r, 1], inner_xy, bounds, footprints, nearest
+            )
     return block, t
 
 
@@ -188,10 +193,18 @@ def _footprint_entry(
 
 @inlined
 def _sky_block(
-    ox: float, oy: float, dx: float, dy: float, inner_xy: np.ndarray, bounds: np.ndarray, nearest: int
+    ox: float,
+    oy: float,
+    dx: float,
+    dy: float,
+    inner_xy: np.ndarray,
+    bounds: np.ndarray,
+    footprints: np.ndarray,
+    nearest: int,
 ) -> tuple[int, np.float32]:
     """`nearest_footprint` for one ray from (ox, oy, .) along (dx, dy, .) whose origin lies over no footprint;
-    `nearest` is the footprint nearest the origin (`_over`), bounds (2, 2) the rectangle holding every footprint."""
+    `nearest` is the footprint nearest the origin (`_over`), bounds (2, 2) the rectangle holding every footprint
+    and footprints (C, 2, 2) the rectangles holding each CLUSTER of them (`_clusters`)."""
     zero = np.float32(0.0)
     inv_x, inv_y = np.float32(1.0) / _safe_component(dx), np.float32(1.0) / _safe_component(dy)
     best, best_t = -1, np.float32(np.inf)
@@ -199,13 +212,18 @@ def _sky_block(
     if leave >= enter:
         # no footprint is entered before the bounds: the first is one holding the point where the ray enters them
         px, py = ox + enter * dx, oy + enter * dy
-        for b in range(len(inner_xy)):
-            if inner_xy[b, 0, 0] <= px <= inner_xy[b, 1, 0] and inner_xy[b, 0, 1] <= py <= inner_xy[b, 1, 1]:
-                t0, t1 = _footprint_entry(
-                    inner_xy[b, 0, 0], inner_xy[b, 0, 1], inner_xy[b, 1, 0], inner_xy[b, 1, 1], ox, oy, inv_x, inv_y
-                )
-                if t1 >= t0 and t0 < best_t:
-                    best, best_t = b, t0
+        for k in range(len(footprints)):
+            if not (
+                footprints[k, 0, 0] <= px <= footprints[k, 1, 0] and footprints[k, 0, 1] <= py <= footprints[k, 1, 1]
+            ):
+                continue
+            for b in range(k * CLUSTER, min(len(inner_xy), (k + 1) * CLUSTER)):
+                if inner_xy[b, 0, 0] <= px <= inner_xy[b, 1, 0] and inner_xy[b, 0, 1] <= py <= inner_xy[b, 1, 1]:
+                    t0, t1 = _footprint_entry(
+                        inner_xy[b, 0, 0], inner_xy[b, 0, 1], inner_xy[b, 1, 0], inner_xy[b, 1, 1], ox, oy, inv_x, inv_y
+                    )
+                    if t1 >= t0 and t0 < best_t:
+                        best, best_t = b, t0
         if best < 0:  # footprints that leave gaps in the bounds (or rounding at an edge): try every one
             for b in range(len(inner_xy)):
                 t0, t1 = _footprint_entry(
@@ -225,6 +243,20 @@ def _bounds(inner_xy: np.ndarray) -> np.ndarray:
     for a in range(2):
         out[0, a] = inner_xy[:, 0, a].min()
         out[1, a] = inner_xy[:, 1, a].max()
+    return out
+
+
+@jit
+def _clusters(boxes: np.ndarray) -> np.ndarray:
+    """(C, 2, D) float32: the box holding each CLUSTER consecutive boxes of (B, 2, D), C = ceil(B / CLUSTER). It
+    holds them exactly in float32, so a slab test that no ray passes for it, no ray passes for them."""
+    count = (len(boxes) + CLUSTER - 1) // CLUSTER
+    out = np.empty((count, 2, boxes.shape[2]), dtype=np.float32)
+    for k in range(count):
+        members = boxes[k * CLUSTER : (k + 1) * CLUSTER]
+        for a in range(boxes.shape[2]):
+            out[k, 0, a] = members[:, 0, a].min()
+            out[k, 1, a] = members[:, 1, a].max()
     return out
 
 
@@ -315,7 +347,7 @@ def _assign(
     """`assign` over rays o, d (N, 3) float32: ray (M,) int64, block (M,) int32, near_far (M, 2) float32,
     background (M,) bool, and the numbers of invalid and of dropped sky rays."""
     n, num_boxes = len(o), len(outer)
-    bounds = _bounds(inner_xy)
+    bounds, footprints, clusters = _bounds(inner_xy), _clusters(inner_xy), _clusters(outer)
     valid = np.empty(n, dtype=np.bool_)
     zero = np.float32(0.0)
     for r in range(n):  # x * 0 is 0 for finite x, nan for inf and nan: a branch-free finiteness test
@@ -357,9 +389,11 @@ def _assign(
         _spans(ox, oy, oz, valid, g, size, origin_span)
         _spans(ix, iy, iz, valid, g, size, inverse_span)
         c = 0
-        for b in range(num_boxes):
-            candidates[c] = b
-            c += _may_cross(outer[b], origin_span, inverse_span)
+        for k in range(len(clusters)):
+            if _may_cross(clusters[k], origin_span, inverse_span):
+                for b in range(k * CLUSTER, min(num_boxes, (k + 1) * CLUSTER)):
+                    candidates[c] = b
+                    c += _may_cross(outer[b], origin_span, inverse_span)
         for i in range(c):
             b = candidates[i]
             _slab_lanes(outer[b], ground[b], ox, oy, oz, ix, iy, iz, dz, size, t0s[i], t1s[i], crosses[i])
@@ -403,7 +437,9 @@ def _assign(
                     under, nearest = _over(o[r], inner_xy)
                 sky_block, sky_t = under, np.float32(0.0)
                 if under < 0:
-                    sky_block, sky_t = _sky_block(o[r, 0], o[r, 1], d[r, 0], d[r, 1], inner_xy, bounds, nearest)
+                    sky_block, sky_t = _sky_block(
+                        o[r, 0], o[r, 1], d[r, 0], d[r, 1], inner_xy, bounds, footprints, nearest
+                    )
                 ray[m], block[m], background[m] = r, sky_block, True
                 near_far[m, 0], near_far[m, 1] = sky_t, sky_t
                 m += 1

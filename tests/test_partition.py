@@ -195,14 +195,22 @@ def test_group_test_keeps_every_box_a_ray_of_its_group_crosses() -> None:
     np.testing.assert_array_equal(numpy_kernels._may_cross(grouped_o, grouped_inv, boxes.outer), kept)
 
 
-def test_numpy_fallback_gives_the_compiled_results_exactly() -> None:
-    """Machines without numba run partitioning.numpy_kernels: the same pairs, segments and hits, bit for bit."""
-    boxes, grid = city_layout()
+@pytest.mark.parametrize("rows", [3, 12], ids=["3x3", "12x12"])
+def test_numpy_fallback_gives_the_compiled_results_exactly(rows: int) -> None:
+    """Machines without numba run partitioning.numpy_kernels: the same pairs, segments and hits, bit for bit. 12 x 12
+    blocks are 18 clusters of CLUSTER ids, which the compiled kernels test before their blocks: the image tiles of
+    cameras around the city (over no footprint: their sky rays search for one) and above it are groups that only
+    some clusters reach."""
+    boxes, grid = city_layout(rows, rows)
     rng = np.random.default_rng(4)
-    origins = np.repeat(rng.uniform([-2.5, -2.5, 0.3], [2.5, 2.5, 1.5], (10, 3)), 700, axis=0)  # 10 cameras
+    origins = np.repeat(rng.uniform([-2.5, -2.5, 0.3], [2.5, 2.5, 1.5], (10, 3)), 768, axis=0)  # 10 cameras
     dirs = rng.normal(size=(len(origins), 3)) + [0.0, 0.0, -0.5]  # many rays miss every box (sky)
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    o, d = origins.astype(np.float32), dirs.astype(np.float32)
+    camera = Camera.pinhole(40.0, 40.0, 32.0, 24.0, 64, 48)
+    pixels = camera.pixel_grid().numpy()[tile_order(64, 48)]
+    tiles = [camera_rays.image_rays(camera, c2w, pixels) for c2w in [*ring_poses(3), *nadir_poses(2)]]
+    o = np.concatenate([origins.astype(np.float32), *[t[0] for t in tiles]])
+    d = np.concatenate([dirs.astype(np.float32), *[t[1] for t in tiles]])
     o[5, 0] = np.nan  # an invalid ray
     grid_args = (grid.distance, grid.origin, np.float32(grid.cell))
     args = (o, d, boxes.outer, boxes.inner_xy, boxes.ground, *grid_args, np.float32(0.1))
