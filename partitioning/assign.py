@@ -8,10 +8,10 @@ to the background of the first block whose ground footprint they pass over, with
 (near == far), or are dropped with `sky="drop"`.
 
 One compiled pass over the rays (numba): consecutive rays are grouped (callers pass image tiles, see
-`tile_order`), a slab test on intervals per group (bounds on its origins and inverse directions) keeps the
-few blocks the group may cross, the slab test runs against those only (a box against all the group's rays at
-once, in SIMD lanes), and one visibility march per ray (jumping across empty space; the group's rays step in
-turn) serves every block it crosses.
+`tile_order`), a slab test on intervals per group (bounds on its origins and inverse directions; clusters of
+blocks first) keeps the few blocks the group may cross, the slab test runs against those only (a box against
+all the group's rays at once, in SIMD lanes), and one visibility march per ray (jumping across empty space; the
+group's rays step in turn) serves every block it crosses.
 Without numba, `partitioning.numpy_kernels` gives the same results, vectorised over rays.
 """
 
