@@ -106,7 +106,7 @@ def nearest_footprint(origins: np.ndarray, dirs: np.ndarray, inner_xy: np.ndarra
 def _nearest_footprints(origins: np.ndarray, dirs: np.ndarray, inner_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     block = np.empty(len(origins), dtype=np.int32)
     t = np.empty(len(origins), dtype=np.float32)
-    bounds, footprints = _bounds(inner_xy), _clusters(inner_xy)
+    bounds, footprints = _holding(inner_xy, len(inner_xy))[0], _holding(inner_xy, CLUSTER)
     under = nearest = -1
     x = y = np.nan
     for r in range(len(origins)):
@@ -204,7 +204,7 @@ def _sky_block(
 ) -> tuple[int, np.float32]:
     """`nearest_footprint` for one ray from (ox, oy, .) along (dx, dy, .) whose origin lies over no footprint;
     `nearest` is the footprint nearest the origin (`_over`), bounds (2, 2) the rectangle holding every footprint
-    and footprints (C, 2, 2) the rectangles holding each CLUSTER of them (`_clusters`)."""
+    and footprints (C, 2, 2) the rectangles holding each CLUSTER of them (`_holding`)."""
     zero = np.float32(0.0)
     inv_x, inv_y = np.float32(1.0) / _safe_component(dx), np.float32(1.0) / _safe_component(dy)
     best, best_t = -1, np.float32(np.inf)
@@ -237,23 +237,14 @@ def _sky_block(
 
 
 @jit
-def _bounds(inner_xy: np.ndarray) -> np.ndarray:
-    """(2, 2) float32 rectangle holding every footprint (B, 2, 2)."""
-    out = np.empty((2, 2), dtype=np.float32)
-    for a in range(2):
-        out[0, a] = inner_xy[:, 0, a].min()
-        out[1, a] = inner_xy[:, 1, a].max()
-    return out
-
-
-@jit
-def _clusters(boxes: np.ndarray) -> np.ndarray:
-    """(C, 2, D) float32: the box holding each CLUSTER consecutive boxes of (B, 2, D), C = ceil(B / CLUSTER). It
-    holds them exactly in float32, so a slab test that no ray passes for it, no ray passes for them."""
-    count = (len(boxes) + CLUSTER - 1) // CLUSTER
+def _holding(boxes: np.ndarray, size: int) -> np.ndarray:
+    """(ceil(B / size), 2, D) float32: the box holding each `size` consecutive boxes of (B, 2, D). It holds them
+    exactly in float32, so a slab test that no ray passes for it, no ray passes for them. `size` CLUSTER gives the
+    clusters; B, the rectangle holding every footprint."""
+    count = (len(boxes) + size - 1) // size
     out = np.empty((count, 2, boxes.shape[2]), dtype=np.float32)
     for k in range(count):
-        members = boxes[k * CLUSTER : (k + 1) * CLUSTER]
+        members = boxes[k * size : (k + 1) * size]
         for a in range(boxes.shape[2]):
             out[k, 0, a] = members[:, 0, a].min()
             out[k, 1, a] = members[:, 1, a].max()
@@ -347,7 +338,11 @@ def _assign(
     """`assign` over rays o, d (N, 3) float32: ray (M,) int64, block (M,) int32, near_far (M, 2) float32,
     background (M,) bool, and the numbers of invalid and of dropped sky rays."""
     n, num_boxes = len(o), len(outer)
-    bounds, footprints, clusters = _bounds(inner_xy), _clusters(inner_xy), _clusters(outer)
+    bounds, footprints, clusters = (
+        _holding(inner_xy, len(inner_xy))[0],
+        _holding(inner_xy, CLUSTER),
+        _holding(outer, CLUSTER),
+    )
     valid = np.empty(n, dtype=np.bool_)
     zero = np.float32(0.0)
     for r in range(n):  # x * 0 is 0 for finite x, nan for inf and nan: a branch-free finiteness test

@@ -37,7 +37,17 @@ from bigscene.store.blocks import (
     store_checksum,
 )
 from partitioning import camera_rays, mapplot, numpy_kernels, run_partition, shuffle
-from partitioning.assign import GROUP, BlockBoxes, _assign, _may_cross, assign, nearest_footprint, slab, tile_order
+from partitioning.assign import (
+    GROUP,
+    BlockBoxes,
+    _assign,
+    _may_cross,
+    _safe,
+    assign,
+    nearest_footprint,
+    slab,
+    tile_order,
+)
 from partitioning.layout import XStrips, grid_cells, kd_cells, make_blocks, order_cells
 from partitioning.tasks import FAULT_DIR, FAULT_ENV
 from partitioning.voxels import Lattice, VisibilityGrid, visibility_grid
@@ -179,7 +189,7 @@ def test_group_test_keeps_every_box_a_ray_of_its_group_crosses() -> None:
     assert np.any(d[:, :2] == 0.0)
     t0, t1 = slab(o, d, boxes.outer[:, 0], boxes.outer[:, 1])
     crossed = (t1 > t0).reshape(-1, GROUP, len(boxes)).any(axis=1)  # (groups, B): a ray of the group crosses
-    inv = (np.float32(1.0) / np.where(np.abs(d) < 1e-12, np.where(d < 0, -1e-12, 1e-12), d)).astype(np.float32)
+    inv = np.float32(1.0) / _safe(d)  # as the kernels invert directions
     grouped_o, grouped_inv = o.reshape(-1, GROUP, 3), inv.reshape(-1, GROUP, 3)
     kept = np.array(
         [
