@@ -8,6 +8,8 @@ use `generate_rays` itself, RAY_SLICE pixels at a time so its float64 temporarie
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -28,21 +30,27 @@ def image_rays(camera: Camera, c2w: np.ndarray, pixels: np.ndarray) -> tuple[np.
     return _torch_rays(camera, c2w, pixels)
 
 
+#: Held while `_torch_rays` has torch on one thread: the threads reading a task's images take turns, so that each
+#: restores the count the process had.
+_ONE_TORCH_THREAD = threading.Lock()
+
+
 def _torch_rays(camera: Camera, c2w: np.ndarray, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`image_rays` by `generate_rays`, on one thread: a task has one core (Ray's default; the inline engine
-    runs tasks one by one), and torch's thread pool only slows these small element-wise ops down."""
+    """`image_rays` by `generate_rays`, on one torch thread: these small element-wise ops only slow down on torch's
+    thread pool, and the task's other images are read on other threads meanwhile."""
     origins = np.empty((len(pixels), 3), dtype=np.float32)
     dirs = np.empty((len(pixels), 3), dtype=np.float32)
     c2w64 = torch.tensor(c2w, dtype=torch.float64)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for start in range(0, len(pixels), RAY_SLICE):
-            rows = slice(start, start + RAY_SLICE)
-            o, d = generate_rays(camera, c2w64, torch.from_numpy(pixels[rows].astype(np.int64)))
-            origins[rows], dirs[rows] = o.numpy(), d.numpy()
-    finally:
-        torch.set_num_threads(threads)
+    with _ONE_TORCH_THREAD:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for start in range(0, len(pixels), RAY_SLICE):
+                rows = slice(start, start + RAY_SLICE)
+                o, d = generate_rays(camera, c2w64, torch.from_numpy(pixels[rows].astype(np.int64)))
+                origins[rows], dirs[rows] = o.numpy(), d.numpy()
+        finally:
+            torch.set_num_threads(threads)
     return origins, dirs
 
 

@@ -16,6 +16,9 @@ import os
 import posixpath
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import fsspec
@@ -124,6 +127,38 @@ def _load(job: ImageJob, plan: Plan) -> np.ndarray:
     return rgb
 
 
+def _read_image(job: ImageJob, plan: Plan) -> tuple[ImageRays, Assignment]:
+    """One image of a batch read, its rays made and assigned: its rays in tile order with their (ray, block) pairs,
+    and the assignment they come from. InputError if the image is missing, corrupt or of the wrong size."""
+    order, pixel = _tiled_pixels(job.camera.width, job.camera.height)
+    rgb = _load(job, plan).reshape(-1, 3)[order]  # (H*W, 3)
+    origins, dirs, found = _assign(job, pixel, plan)
+    origin = origins[0].copy()  # every ray's: the camera centre
+    return ImageRays(job.index, origin, dirs, rgb, pixel, found.ray, found.block, found.near_far), found
+
+
+#: Threads per process that read and assign a batch's images (decoding and the compiled kernels release the GIL):
+#: with the chunk writers, a task keeps a few cores busy while it reads, as it does while it writes.
+IMAGE_READERS = 4
+
+
+@functools.cache
+def _image_readers() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(min(IMAGE_READERS, os.cpu_count() or 1), "ray-images")
+
+
+@contextmanager
+def _reading(jobs: Sequence[ImageJob], plan: Plan) -> Iterator[list[Future]]:
+    """`_read_image` of each job under way, IMAGE_READERS at a time, in batch order; the images not yet begun are
+    cancelled when the block exits (a bad image that fails the task)."""
+    reading = [_image_readers().submit(_read_image, job, plan) for job in jobs]
+    try:
+        yield reading
+    finally:
+        for future in reading:
+            future.cancel()
+
+
 def write_batch(batch: BatchJob, plan: Plan) -> dict:
     """Read, assign and write one batch; returns (and records in the workspace) the batch's marker."""
     keep_freed_memory()
@@ -133,27 +168,25 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
     dropped = {"bad_image": 0, "invalid_ray": 0, "sky": 0}
     pixels_total = assigned_pixels = 0
     skipped: list[str] = []
-    for job in batch.images:
-        count = job.camera.width * job.camera.height
-        pixels_total += count
-        order, pixel = _tiled_pixels(job.camera.width, job.camera.height)
-        try:
-            rgb = _load(job, plan).reshape(-1, 3)[order]  # (H*W, 3)
-        except InputError as err:
-            if not plan.skip_bad_images:
-                raise
-            log.warning("skipping %s", err)
-            dropped["bad_image"] += count
-            skipped.append(job.path)
-            continue
-        origins, dirs, found = _assign(job, pixel, plan)
-        for reason, n in found.dropped.items():
-            dropped[reason] += n
-        distinct = np.count_nonzero(found.ray[1:] != found.ray[:-1]) + bool(len(found.ray))  # pairs in ray order
-        assigned_pixels += int(distinct)
-        background += np.bincount(found.block[found.background], minlength=num_blocks)
-        origin = origins[0].copy()  # every ray's: the camera centre
-        images.append(ImageRays(job.index, origin, dirs, rgb, pixel, found.ray, found.block, found.near_far))
+    with _reading(batch.images, plan) as reading:
+        for job, future in zip(batch.images, reading, strict=True):
+            count = job.camera.width * job.camera.height
+            pixels_total += count
+            try:
+                image, found = future.result()
+            except InputError as err:
+                if not plan.skip_bad_images:
+                    raise
+                log.warning("skipping %s", err)
+                dropped["bad_image"] += count
+                skipped.append(job.path)
+                continue
+            for reason, n in found.dropped.items():
+                dropped[reason] += n
+            distinct = np.count_nonzero(found.ray[1:] != found.ray[:-1]) + bool(len(found.ray))  # pairs in ray order
+            assigned_pixels += int(distinct)
+            background += np.bincount(found.block[found.background], minlength=num_blocks)
+            images.append(image)
 
     layout = BatchLayout(images, num_blocks, [[plan.seed, batch.index, b] for b in range(num_blocks)])
     block_images = [
