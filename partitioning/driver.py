@@ -29,6 +29,7 @@ from bigscene.scene.model import Scene
 from bigscene.store.blocks import (
     BLOCKS_DIR,
     CHECKSUM_SCHEME,
+    SCHEMA_VERSION,
     batch_marker_path,
     block_json_path,
     create_ray_stores,
@@ -37,7 +38,7 @@ from bigscene.store.blocks import (
     ray_store_info,
     rays_path,
     remove_tree,
-    slot_starts,
+    slot_rows,
     voxels_path,
     work_path,
     write_voxel_stores,
@@ -80,7 +81,7 @@ def roi_points(scene: Scene, min_track_length: int, source: str) -> tuple[np.nda
 
 def make_batches(scene: Scene, images_per_task: int, chunk_rays: int, source: str) -> tuple[list[BatchJob], int]:
     """Training images in scene order, `images_per_task` to a batch, each with its slot in the block stores;
-    and the stores' capacity (rows)."""
+    and the rows of a slot (a shard of every store)."""
     train = scene.split_indices("train")
     if not len(train):
         raise InputError(source, "no training images (every image is in the test or val split)")
@@ -92,8 +93,8 @@ def make_batches(scene: Scene, images_per_task: int, chunk_rays: int, source: st
         path = str(Path(scene.image_root) / scene.images[index].name)
         jobs.append(ImageJob(int(index), path, camera, scene.c2w[index]))
     groups = [tuple(jobs[start : start + images_per_task]) for start in range(0, len(jobs), images_per_task)]
-    starts = slot_starts([sum(job.camera.width * job.camera.height for job in group) for group in groups], chunk_rays)
-    return [BatchJob(b, group, starts[b]) for b, group in enumerate(groups)], starts[-1]
+    rows = slot_rows([sum(job.camera.width * job.camera.height for job in group) for group in groups], chunk_rays)
+    return [BatchJob(b, group, b * rows) for b, group in enumerate(groups)], rows
 
 
 def _track(results: Iterator[T], total: int, description: str) -> Iterator[T]:
@@ -117,7 +118,7 @@ class Driver:
         source = scene_path(workspace)
         self.roi, self.xyz = roi_points(scene, config.min_track_length, source)
         self.strips = XStrips(self.xyz)  # sorted once for the layout, the visibility grid and the surface voxels
-        self.batches, self.capacity = make_batches(scene, config.images_per_task, config.chunk_rays, source)
+        self.batches, self.slot_rows = make_batches(scene, config.images_per_task, config.chunk_rays, source)
         self.lattice = Lattice(self.roi[0].copy(), config.voxel_size)
 
     def plan(self, blocks: list[Block]) -> Plan:
@@ -152,6 +153,7 @@ class Driver:
                 saved is not None
                 and saved.get("fingerprint") == self.fingerprint
                 and saved.get("checksum_scheme") == CHECKSUM_SCHEME
+                and saved.get("schema_version") == SCHEMA_VERSION
             ):
                 log.info("resuming the partition run in %s", work_path(self.workspace))
                 blocks = [Block.from_json(doc) for doc in saved["blocks"]]
@@ -162,10 +164,12 @@ class Driver:
                 blocks, plan, merged = self._layout(engine)
                 voxels = self._write_voxels(blocks)
                 paths = [rays_path(self.workspace, b.id) for b in blocks]
-                create_ray_stores(paths, self.capacity, self.config.chunk_rays)
+                capacity = len(self.batches) * self.slot_rows
+                create_ray_stores(paths, capacity, self.config.chunk_rays, self.slot_rows)
                 saved = {
                     "fingerprint": self.fingerprint,
                     "checksum_scheme": CHECKSUM_SCHEME,
+                    "schema_version": SCHEMA_VERSION,
                     "blocks": [b.to_json() for b in blocks],
                     "merged": merged,
                     "voxels": voxels,

@@ -63,7 +63,7 @@ class ImageJob:
 @dataclass(frozen=True)
 class BatchJob:
     """The images one task handles; `index` orders batches in every block's store, `slot` is the first row
-    of the batch's slot in each (see `bigscene.store.blocks.slot_starts`)."""
+    of the batch's slot in each (see `bigscene.store.blocks.slot_rows`)."""
 
     index: int
     images: tuple[ImageJob, ...]

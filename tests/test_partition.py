@@ -330,7 +330,7 @@ def test_segments_cross_their_outer_box_and_start_before_the_surface(inline_run:
         assert not late.any(), f"{block_id}: {late.sum()} segments start behind the surface"
 
 
-def test_rgb_and_voxels_are_stored(inline_run: tuple[str, dict]) -> None:
+def test_rgb_and_voxels_are_stored_one_file_per_batch_and_column(inline_run: tuple[str, dict]) -> None:
     ws, summary = inline_run
     scene = read_scene(ws)
     block_id = next(iter(summary["rays_per_block"]))
@@ -340,6 +340,15 @@ def test_rgb_and_voxels_are_stored(inline_run: tuple[str, dict]) -> None:
         np.testing.assert_array_equal(image[y, x], rgb)
     root = zarr.open_group(rays_path(ws, block_id), mode="r")
     assert set(root.array_keys()) == set(RAY_COLUMNS) and root["origins"].chunks == (2048, 3)
+    for block_id in summary["rays_per_block"]:  # one file per column for each batch that gave the block rays
+        store = Path(rays_path(ws, block_id))
+        segments = zarr.open_group(str(store), mode="r").attrs["segments"]
+        shard = zarr.open_group(str(store), mode="r")["origins"].shards[0]
+        assert all(start % shard == 0 for start, _ in segments)
+        for name in RAY_COLUMNS:
+            files = sorted(f.name for f in (store / name).iterdir() if f.name != "zarr.json")
+            expected = sorted(f"c.{start // shard}" + (".0" if name != "image_id" else "") for start, _ in segments)
+            assert files == expected, f"{block_id}/{name}"
     xyz = surface_points()
     for block_id in summary["rays_per_block"]:
         record = json.loads(Path(block_json_path(ws, block_id)).read_text())

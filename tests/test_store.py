@@ -130,13 +130,13 @@ def _random_rays(n: int, seed: int) -> Rays:
 
 
 def test_block_ray_stores_made_from_a_template_match_a_zarr_made_one(tmp_path: Path) -> None:
-    """Stores whose metadata is copied from the first are the stores Zarr makes: same arrays, chunks, codecs and
-    attributes; each takes writes on its own; a leftover at a path is replaced."""
+    """Stores whose metadata is copied from the first are the stores Zarr makes: same arrays, chunks, shards, codecs
+    and attributes; each takes writes on its own; a leftover at a path is replaced."""
     paths = [str(tmp_path / "a" / "rays.zarr"), str(tmp_path / "b" / "c" / "rays.zarr"), str(tmp_path / "d.zarr")]
     zarr.open_group(paths[2], mode="w").create_array("junk", shape=(3,), dtype="i4")
-    create_ray_stores(paths, 3 * 512, 512)
+    create_ray_stores(paths, 3 * 1024, 512, 1024)
     reference = str(tmp_path / "reference.zarr")
-    create_ray_store(reference, 3 * 512, 512)
+    create_ray_store(reference, 3 * 1024, 512, 1024)
     expected = zarr.open_group(reference, mode="r")
     for path in paths:
         root = zarr.open_group(path, mode="r")
@@ -145,7 +145,8 @@ def test_block_ray_stores_made_from_a_template_match_a_zarr_made_one(tmp_path: P
         for name in RAY_COLUMNS:
             assert root[name].metadata == expected[name].metadata
     rays = _random_rays(700, seed=0)
-    finish_ray_store(paths[1], [(512, 700)], write_slot(512, [(paths[1], rays)]))
+    assert expected["dirs"].chunks == (512, 3) and expected["dirs"].shards == (1024, 3)
+    finish_ray_store(paths[1], [(1024, 700)], write_slot(1024, [(paths[1], rays)]))
     got = read_rays(paths[1])
     for name in RAY_COLUMNS:
         np.testing.assert_array_equal(getattr(got, name), getattr(rays, name))
@@ -158,54 +159,67 @@ def _stored_files(path: str) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("where", ["file", "memory"])
-def test_slot_chunks_are_the_files_zarr_writes(tmp_path: Path, where: str) -> None:
-    """write_slot encodes and writes chunks itself: a slot of 700 rays (a partial last chunk) gives the very files
-    Zarr's own write of the same rows gives, on disk and in an fsspec memory store; a slot off a chunk boundary
-    or past the store's end is refused and writes nothing."""
+def test_slot_shards_are_the_files_zarr_writes(tmp_path: Path, where: str) -> None:
+    """write_slot encodes chunks and writes shards itself: a slot of 700 rays (a shard of 4 chunks, 2 of them
+    written, the second partial) gives the very files Zarr's own write of the same rows gives, on disk and in an
+    fsspec memory store; a slot off a shard boundary or past the store's end is refused and writes nothing."""
     base = str(tmp_path) if where == "file" else f"memory://slot-{tmp_path.name}"
     ours, zarrs = f"{base}/ours.zarr", f"{base}/zarrs.zarr"
-    create_ray_stores([ours, zarrs], 3 * 512, 512)
+    create_ray_stores([ours, zarrs], 2 * 2048, 512, 2048)
     rays = _random_rays(700, seed=2)
-    write_slot(512, [(ours, rays)])
+    write_slot(2048, [(ours, rays)])
     root = zarr.open_group(zarrs, mode="r+")
     for name in RAY_COLUMNS:
-        root[name][512:1212] = getattr(rays, name)
+        root[name][2048:2748] = getattr(rays, name)
     files = _stored_files(ours)
-    assert len(files) == 1 + len(RAY_COLUMNS) * 3  # the group, then each column's metadata and two chunks
+    assert len(files) == 1 + len(RAY_COLUMNS) * 2  # the group, then each column's metadata and one shard
     assert files == _stored_files(zarrs)
-    with pytest.raises(ValueError, match="ours.zarr: cannot write .* chunk boundary"):
-        write_slot(100, [(ours, rays)])
+    with pytest.raises(ValueError, match="ours.zarr: cannot write .* shard boundary"):
+        write_slot(512, [(ours, rays)])
     with pytest.raises(ValueError, match="within the store"):
-        write_slot(1024, [(ours, rays)])
+        write_slot(4096, [(ours, rays)])
     assert _stored_files(ours) == files
 
 
-def test_a_store_with_a_directory_per_chunk_takes_slots(tmp_path: Path) -> None:
-    """Stores of earlier versions keyed their chunks c/<row chunk>/0: a slot written into one reads back."""
+def test_a_store_with_a_directory_per_shard_takes_slots(tmp_path: Path) -> None:
+    """A store keyed c/<row shard>/0 (Zarr's default keys; earlier versions wrote those) takes slots that read
+    back."""
     path = str(tmp_path / "older.zarr")
     root = zarr.open_group(path, mode="w", attributes={"schema_version": blocks.SCHEMA_VERSION, "complete": False})
     for name, (shape, dtype) in RAY_COLUMNS.items():
         blosc = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=dtype.itemsize)
         root.create_array(
-            name, shape=(1024, *shape), dtype=dtype, chunks=(256, *shape), compressors=blosc, fill_value=0
+            name,
+            shape=(1024, *shape),
+            dtype=dtype,
+            chunks=(128, *shape),
+            shards=(256, *shape),
+            compressors=blosc,
+            fill_value=0,
         )
     rays = _random_rays(300, seed=5)
     finish_ray_store(path, [(512, 300)], write_slot(512, [(path, rays)]))
-    assert (tmp_path / "older.zarr" / "dirs" / "c" / "3" / "0").is_file()
+    assert (tmp_path / "older.zarr" / "dirs" / "c" / "2" / "0").is_file()
     got = read_rays(path)
     for name in RAY_COLUMNS:
         np.testing.assert_array_equal(getattr(got, name), getattr(rays, name))
 
 
-def test_a_slot_is_not_written_into_a_store_of_other_codecs(tmp_path: Path) -> None:
-    """write_slot encodes chunks itself, so a store whose columns Zarr would encode otherwise (here its default
-    codecs) is refused, naming the column, with nothing written."""
+@pytest.mark.parametrize("sharded", [True, False])
+def test_a_slot_is_not_written_into_a_store_of_other_codecs(tmp_path: Path, sharded: bool) -> None:
+    """write_slot encodes chunks itself, so a store whose columns Zarr would encode otherwise (its default codecs;
+    or the ray codecs without shards, as schema 2 stored them) is refused, naming the column, with nothing
+    written."""
     path = str(tmp_path / "other.zarr")
     root = zarr.open_group(path, mode="w")
     for name, (shape, dtype) in RAY_COLUMNS.items():
-        root.create_array(name, shape=(1024, *shape), dtype=dtype, chunks=(512, *shape))
+        if sharded:
+            root.create_array(name, shape=(1024, *shape), dtype=dtype, chunks=(512, *shape), shards=(1024, *shape))
+        else:
+            blosc = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=dtype.itemsize)
+            root.create_array(name, shape=(1024, *shape), dtype=dtype, chunks=(512, *shape), compressors=blosc)
     before = _stored_files(path)
-    with pytest.raises(ValueError, match="other.zarr/origins.*not as a ray store"):
+    with pytest.raises(ValueError, match="other.zarr/origins.*not as bigscene stores arrays"):
         write_slot(0, [(path, _random_rays(10, seed=4))])
     assert _stored_files(path) == before
 
@@ -214,7 +228,7 @@ def test_an_abandoned_slot_write_is_over_and_a_rewrite_reads_back(tmp_path: Path
     """A failed task abandons its writes under way: when abandon() returns, no chunk of it is still being written
     (none can land after the retry's), and the retry's rewrite of the slot reads back exactly."""
     path = str(tmp_path / "rays.zarr")
-    create_ray_store(path, 64 * 256, 256)
+    create_ray_store(path, 64 * 256, 256, 64 * 256)
     rays = _random_rays(64 * 256, seed=3)
     write = start_slot(0, [(path, rays)])
     write.abandon()
@@ -241,7 +255,7 @@ def test_ray_stores_are_compressed(tmp_path: Path) -> None:
         np.stack([xs.ravel(), ys.ravel()], axis=1),
     )
     path = tmp_path / "rays.zarr"
-    create_ray_store(str(path), n, 4096)
+    create_ray_store(str(path), n, 4096, n)
     finish_ray_store(str(path), [(0, n)], write_slot(0, [(str(path), rays)]))
     raw = sum(getattr(rays, name).nbytes for name in RAY_COLUMNS)
     stored = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.name != "zarr.json")  # chunks
@@ -254,7 +268,7 @@ def test_ray_stores_are_compressed(tmp_path: Path) -> None:
 @pytest.mark.parametrize("where", ["file", "memory"])
 def test_voxel_stores_written_together_read_back(tmp_path: Path, where: str) -> None:
     """Stores of no voxels, a few, and more than a chunk read back through Zarr, each replacing what was at its
-    path; their chunks are the files Zarr's own write gives."""
+    path; their shards are the files Zarr's own write gives."""
     base = str(tmp_path) if where == "file" else f"memory://voxels-{tmp_path.name}"
     rng = np.random.default_rng(1)
     coords = [rng.integers(-5, 50, (n, 3)).astype(np.int32) for n in (300, 0, blocks.VOXEL_CHUNK + 5)]
@@ -269,26 +283,27 @@ def test_voxel_stores_written_together_read_back(tmp_path: Path, where: str) -> 
         assert list(root.array_keys()) == ["coords"]
         attrs = root.attrs.asdict()
         assert attrs["complete"] and attrs["voxel_size"] == 0.5 and attrs["min_track_length"] == 3
-    chunks = {k: v for k, v in _stored_files(paths[2]).items() if posixpath.basename(k).startswith("c.")}
-    assert len(chunks) == 2
+    shards = {k: v for k, v in _stored_files(paths[2]).items() if posixpath.basename(k).startswith("c.")}
+    assert len(shards) == 1
     reference = f"{base}/reference.zarr"
     array = zarr.open_group(reference, mode="w").create_array(
         "coords",
         shape=coords[2].shape,
         dtype=np.int32,
         chunks=(blocks.VOXEL_CHUNK, 3),
+        shards=(2 * blocks.VOXEL_CHUNK, 3),
         compressors=zarr.open_group(paths[2], mode="r")["coords"].compressors,
         chunk_key_encoding={"name": "default", "separator": "."},
     )
     array[:] = coords[2]
-    assert chunks == {k: v for k, v in _stored_files(reference).items() if posixpath.basename(k).startswith("c.")}
+    assert shards == {k: v for k, v in _stored_files(reference).items() if posixpath.basename(k).startswith("c.")}
 
 
 def test_finishing_checks_segments_and_marks_each_store_complete(tmp_path: Path) -> None:
     paths = [str(tmp_path / f"b{i}" / "rays.zarr") for i in range(3)]
-    create_ray_stores(paths, 4 * 512, 512)
-    with pytest.raises(ValueError, match="b0.*chunk boundaries"):
-        finish_ray_stores([(paths[0], [(0, 10), (700, 5)], ["a", "b"])])  # 700 is inside a chunk
+    create_ray_stores(paths, 4 * 512, 256, 512)
+    with pytest.raises(ValueError, match="b0.*shard boundaries"):
+        finish_ray_stores([(paths[0], [(0, 10), (768, 5)], ["a", "b"])])  # 768 is inside a shard
     assert ray_store_info(paths[0]) is None  # left unfinished
     infos = finish_ray_stores([(paths[1], [(0, 10), (1024, 5)], ["a", "b"]), (paths[2], [(512, 3)], ["c"])])
     assert [info["count"] for info in infos] == [15, 3]

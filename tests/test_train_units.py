@@ -24,7 +24,7 @@ from bigscene.store.blocks import (
     finish_ray_store,
     open_ray_store,
     read_rays,
-    slot_starts,
+    slot_rows,
     write_slot,
 )
 from bigscene.train.data import RayStream, ShuffleBuffer
@@ -66,14 +66,15 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Rays]:
 
 @pytest.fixture(scope="module")
 def segmented(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Rays]:
-    """A store as partitioning writes it: a slot of whole chunks per batch, each filled from its start with
+    """A store as partitioning writes it: a slot (a shard) of whole chunks per batch, each filled from its start with
     SEGMENTS[b] rays and garbage after them; its logical rays are the returned ones (x = logical index)."""
     rays = index_rays(sum(SEGMENTS), seed=1)
-    starts = slot_starts([2 * CHUNK + 100] * len(SEGMENTS), CHUNK)
+    rows = slot_rows([2 * CHUNK + 100] * len(SEGMENTS), CHUNK)
+    starts = [b * rows for b in range(len(SEGMENTS) + 1)]
     path = str(tmp_path_factory.mktemp("segmented") / "rays.zarr")
-    create_ray_store(path, starts[-1], CHUNK)
+    create_ray_store(path, starts[-1], CHUNK, rows)
     segments, checksums, logical = [], [], 0
-    garbage = index_rays(starts[1], seed=2)
+    garbage = index_rays(rows, seed=2)
     garbage.origins += 10**6
     columns = zarr.open_group(path, mode="r+")
     for start, stop, n in zip(starts, starts[1:], SEGMENTS, strict=False):

@@ -1,19 +1,22 @@
 """The Zarr layout of a partitioned workspace: per-block ray stores, surface voxels and block records.
 
-Layout (schema version 2):
+Layout (schema version 3):
     blocks/<id>/block.json       id, inner/outer boxes, centroid, images, ray count, checksum
     blocks/<id>/rays.zarr/       one array per ray column (RAY_COLUMNS), (capacity, ...) chunked along rays:
         origins float32, dirs float32 unit, rgb uint8, near_far float32, image_id int32 (global scene image
         index), pixel uint16 (x, y)
         attrs: schema_version, count, segments [[start, count], ...], checksum, complete (written last)
-        The rows are cut into one slot per partition batch (`slot_starts`): a batch owns whole chunks, as
-        many as its pixels fill (a batch gives a block at most one ray per pixel), so concurrent tasks never
-        write the same chunk and Zarr stores only the chunks written. A batch writes its rays, shuffled, from
-        its slot's start; `segments` lists the non-empty ones in batch order, and a store's rays are the
-        segments' rows in that order: logical index i in [0, count) is what readers see (`RayStore`). Rows
-        past a segment's count (fill, or what a killed attempt left) are never read.
+        Chunks (Blosc-compressed, read one at a time) are grouped in Zarr v3 shards, one file each: a shard
+        holds its chunks one after another, then their offsets and sizes.
+        The rows are cut into one slot per partition batch (`slot_rows`), and a slot is one shard, as many
+        chunks as the largest batch's pixels fill (a batch gives a block at most one ray per pixel): concurrent
+        tasks never write the same file, and a batch writes one file per column of each block it reaches, what
+        object stores and cluster file systems, where each file costs a round trip, need. A batch writes its
+        rays, shuffled, from its slot's start; `segments` lists the non-empty ones in batch order, and a
+        store's rays are the segments' rows in that order: logical index i in [0, count) is what readers see
+        (`RayStore`). Rows past a segment's count (fill, or what a killed attempt left) are never read.
         A background ray (crossing no block's box: sky) has near == far: an empty foreground segment.
-        Chunk files are Zarr v3's, keyed c.<row chunk>.0 (c.<row chunk> for image_id) beside each column's zarr.json.
+        Shard files are keyed c.<row shard>.0 (c.<row shard> for image_id) beside each column's zarr.json.
     blocks/<id>/voxels.zarr/     coords (V, 3) int32 voxel indices on the global lattice
         attrs: origin (3,), voxel_size, dilation, min_track_length, complete
     partition_work/              scratch of an unfinished partition run, removed when it completes:
@@ -29,6 +32,7 @@ import json
 import logging
 import os
 import posixpath
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,7 +44,7 @@ import google_crc32c
 import numcodecs
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec
+from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec, Crc32cCodec, ShardingCodec, ShardingCodecIndexLocation
 from zarr.codecs.bytes import Endian
 from zarr.core.buffer import Buffer
 from zarr.core.metadata.v3 import ArrayV3Metadata
@@ -63,7 +67,7 @@ _CHUNK_KEYS = {"name": "default", "separator": "."}
 #: Zarr's Blosc shuffle names as numcodecs numbers them.
 _BLOSC_SHUFFLE = {BloscShuffle.noshuffle: 0, BloscShuffle.shuffle: 1, BloscShuffle.bitshuffle: 2}
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BLOCKS_DIR = "blocks"
 WORK_DIR = "partition_work"
 #: Stores whose small writes (metadata, voxels, finishing records) go at once, on threads: file-system round trips,
@@ -177,37 +181,39 @@ def _compressor(dtype: np.dtype) -> BloscCodec:
     return BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle, typesize=dtype.itemsize)
 
 
-def slot_starts(pixels: Sequence[int], chunk: int) -> list[int]:
-    """First row of each batch's slot in every block's store, then the stores' capacity: batch b (of
-    `pixels[b]` pixels) owns rows [starts[b], starts[b + 1]), its pixel count rounded up to whole chunks."""
-    starts = [0]
-    for n in pixels:
-        starts.append(starts[-1] + -(-int(n) // chunk) * chunk)
-    return starts
+def slot_rows(pixels: Sequence[int], chunk: int) -> int:
+    """Rows of each batch's slot in every block's store, and of the stores' shards, for batches of `pixels`
+    pixels: the largest batch's, rounded up to whole chunks. Batch b owns rows [b * rows, (b + 1) * rows)."""
+    return max((-(-int(n) // chunk) * chunk for n in pixels), default=chunk)
 
 
-def create_ray_store(path: str, capacity: int, chunk: int) -> None:
-    """An empty, unfinished ray store of `capacity` rows: metadata only until slots are written."""
+def create_ray_store(path: str, capacity: int, chunk: int, shard: int) -> None:
+    """An empty, unfinished ray store of `capacity` rows in chunks of `chunk` rows, `shard` rows (a multiple of
+    `chunk`) to a file: metadata only until slots are written."""
+    if shard <= 0 or chunk <= 0 or shard % chunk:
+        raise ValueError(f"{path}: shards of {shard} rows must hold whole chunks of {chunk} rows")
+    chunk_rows = max(1, min(chunk, capacity))  # a small store's one chunk no larger than the store
     root = zarr.open_group(path, mode="w", attributes={"schema_version": SCHEMA_VERSION, "complete": False})
     for name, (shape, dtype) in RAY_COLUMNS.items():
         root.create_array(
             name,
             shape=(capacity, *shape),
             dtype=dtype,
-            chunks=(max(1, min(chunk, capacity)), *shape),
+            chunks=(chunk_rows, *shape),
+            shards=(chunk_rows * (shard // chunk), *shape),
             compressors=_compressor(dtype),
             fill_value=0,
             chunk_key_encoding=_CHUNK_KEYS,
         )
 
 
-def create_ray_stores(paths: Sequence[str], capacity: int, chunk: int) -> None:
+def create_ray_stores(paths: Sequence[str], capacity: int, chunk: int, shard: int) -> None:
     """`create_ray_store` at each path: Zarr makes the first, the others get copies of its metadata documents,
     METADATA_STORES_IN_FLIGHT stores at a time (a partition creates one per block, and each takes a directory
     and a file per column: their latency, not their bytes, takes the time)."""
     if not paths:
         return
-    create_ray_store(paths[0], capacity, chunk)
+    create_ray_store(paths[0], capacity, chunk, shard)
     fs, template = fsspec.core.url_to_fs(paths[0])
     documents = {posixpath.relpath(name, template): fs.cat_file(name) for name in fs.find(template)}
 
@@ -231,23 +237,21 @@ def _for_each_store(work: Callable[..., T], items: Iterable[tuple]) -> list[T]:
 
 @dataclass(frozen=True)
 class _Column:
-    """Where one ray column's chunks go and how they are encoded, read from the array's Zarr metadata."""
+    """Where one ray column's shards go and how they are encoded, read from the array's Zarr metadata."""
 
     name: str
     fs: fsspec.AbstractFileSystem
     directory: str  # the array's directory on fs
     metadata: ArrayV3Metadata
-    codec: numcodecs.Blosc
-
-    @property
-    def chunk(self) -> int:
-        return self.metadata.chunks[0]
+    chunk: int  # rows of a chunk
+    shard: int  # rows of a shard (one file)
+    codec: numcodecs.Blosc  # a chunk's
 
     @property
     def capacity(self) -> int:
         return self.metadata.shape[0]
 
-    def chunk_path(self, index: int) -> str:
+    def shard_path(self, index: int) -> str:
         key = self.metadata.encode_chunk_key((index,) + (0,) * (len(self.metadata.shape) - 1))
         return posixpath.join(self.directory, key)
 
@@ -267,41 +271,90 @@ def _open_columns(path: str) -> list[_Column]:
     for name in RAY_COLUMNS:
         directory = posixpath.join(root, name)
         metadata = _array_metadata(fs.cat_file(posixpath.join(directory, "zarr.json")))
-        codec = _blosc(metadata, RAY_COLUMNS[name][1], f"{path}/{name}")
-        columns.append(_Column(name, fs, directory, metadata, codec))
+        chunk, shard, codec = _sharded_codecs(metadata, RAY_COLUMNS[name][1], f"{path}/{name}")
+        columns.append(_Column(name, fs, directory, metadata, chunk, shard, codec))
     return columns
 
 
-def _blosc(metadata: ArrayV3Metadata, dtype: np.dtype, where: str) -> numcodecs.Blosc:
-    """The Blosc codec that encodes a chunk of an array of `dtype` as Zarr does; ValueError unless the array is
-    stored as this module makes its arrays (little-endian bytes, then Blosc with the dtype's item size)."""
+def _is_little_endian_bytes(codec: object) -> bool:
+    return isinstance(codec, BytesCodec) and codec.endian in (None, Endian.little)
+
+
+def _sharded_codecs(metadata: ArrayV3Metadata, dtype: np.dtype, where: str) -> tuple[int, int, numcodecs.Blosc]:
+    """Rows of a chunk and of a shard of an array of `dtype` (ray columns, voxel coordinates), and the Blosc codec
+    that encodes its chunks as Zarr does; ValueError unless the array is stored as this module makes its arrays:
+    shards of little-endian chunks compressed by Blosc with the dtype's item size, each shard's index at its end,
+    little-endian, with a CRC32C."""
     codecs = metadata.codecs
+    sharding = codecs[0] if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) else None
+    inner = sharding.codecs if sharding else ()
     if (
-        len(codecs) != 2
-        or not isinstance(codecs[0], BytesCodec)
-        or codecs[0].endian not in (None, Endian.little)
-        or not isinstance(codecs[1], BloscCodec)
-        or codecs[1].typesize != dtype.itemsize
+        sharding is None
+        or len(inner) != 2
+        or not _is_little_endian_bytes(inner[0])
+        or not isinstance(inner[1], BloscCodec)
+        or inner[1].typesize != dtype.itemsize
+        or len(sharding.index_codecs) != 2
+        or not _is_little_endian_bytes(sharding.index_codecs[0])
+        or not isinstance(sharding.index_codecs[1], Crc32cCodec)
+        or sharding.index_location != ShardingCodecIndexLocation.end
+        or any(c != s for c, s in zip(sharding.chunk_shape[1:], metadata.shape[1:], strict=True))
     ):
-        raise ValueError(f"{where}: stored with codecs {codecs}, not as a ray store; re-run the partition")
-    blosc = codecs[1]  # its typesize is the item size, which numcodecs takes from the array it encodes
-    return numcodecs.Blosc(
+        raise ValueError(f"{where}: stored with codecs {codecs}, not as bigscene stores arrays; re-run the partition")
+    blosc = inner[1]  # its typesize is the item size, which numcodecs takes from the array it encodes
+    codec = numcodecs.Blosc(
         cname=blosc.cname.value, clevel=blosc.clevel, shuffle=_BLOSC_SHUFFLE[blosc.shuffle], blocksize=blosc.blocksize
     )
+    return sharding.chunk_shape[0], metadata.chunk_grid.chunk_shape[0], codec
 
 
-def _put_chunk(column: _Column, index: int, rows: np.ndarray) -> None:
-    """Encode `rows` (at most a chunk, in the column's dtype) as chunk `index` of the column, padded with the fill
-    value 0 to the whole chunk as Zarr stores it, and write it."""
-    if len(rows) < column.chunk:
-        whole = np.zeros((column.chunk, *rows.shape[1:]), rows.dtype)
-        whole[: len(rows)] = rows
-        rows = whole
-    data = np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<"))  # the bytes codec's order
-    path = column.chunk_path(index)
-    if posixpath.dirname(path) != column.directory:  # a store whose chunk keys have directories
-        column.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    column.fs.pipe_file(path, column.codec.encode(data))
+#: A shard index entry of a chunk not stored (offset and size).
+_NO_CHUNK = 2**64 - 1
+
+
+class _Shard:
+    """One shard file being written: its chunks are encoded on the writer threads, and the thread that encodes
+    the last of them writes the file (the chunks in order, then the index of their offsets and sizes, then the
+    index's CRC32C), so a shard's chunks are compressed in parallel and the file is written once, whole."""
+
+    def __init__(self, column: _Column, index: int, chunks: int) -> None:
+        self.column = column
+        self.index = index
+        self._encoded: list[bytes] = [b""] * chunks
+        self._left = chunks
+        self._lock = threading.Lock()
+
+    def put(self, i: int, rows: np.ndarray) -> None:
+        """Encode `rows` (at most a chunk, in the column's dtype) as the shard's i-th chunk, padded with the fill
+        value 0 to the whole chunk as Zarr stores it; write the file if it was the last one left."""
+        column = self.column
+        if len(rows) < column.chunk:
+            whole = np.zeros((column.chunk, *rows.shape[1:]), rows.dtype)
+            whole[: len(rows)] = rows
+            rows = whole
+        data = np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<"))  # the bytes codec's order
+        self._encoded[i] = column.codec.encode(data)
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._write()
+
+    def _write(self) -> None:
+        column = self.column
+        sizes = np.array([len(chunk) for chunk in self._encoded], dtype=np.uint64)
+        index = np.full((column.shard // column.chunk, 2), _NO_CHUNK, dtype="<u8")  # (chunks per shard, 2)
+        index[: len(sizes), 0] = np.cumsum(sizes) - sizes
+        index[: len(sizes), 1] = sizes
+        index_bytes = index.tobytes()
+        path = column.shard_path(self.index)
+        if posixpath.dirname(path) != column.directory:  # a store whose chunk keys have directories
+            column.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with column.fs.open(path, "wb") as f:
+            for chunk in self._encoded:
+                f.write(chunk)
+            f.write(index_bytes)
+            f.write(np.array([google_crc32c.value(index_bytes)], dtype="<u4").tobytes())
 
 
 #: Threads per process that compress and write ray chunks (Blosc releases the GIL). A Ray node runs a task per
@@ -315,20 +368,26 @@ def _chunk_writers() -> ThreadPoolExecutor:
 
 
 def _start_rows(start: int, stores: Sequence[tuple[Sequence[_Column], Rays]]) -> list[Future]:
-    """Start writing each (columns, rays) pair's rays to the store's rows [start, start + N), one chunk file per
-    column and chunk, encoded on CHUNK_WRITERS threads; the rays must not change until the futures are done."""
+    """Start writing each (columns, rays) pair's rays to the store's rows [start, start + N), whole shards from a
+    shard boundary, one file per column and shard, their chunks encoded on CHUNK_WRITERS threads; the rays must
+    not change until the futures (one per chunk) are done."""
     jobs = []
     for columns, rays in stores:
-        chunk, capacity = columns[0].chunk, columns[0].capacity
-        if start % chunk or start + len(rays) > capacity:
+        shard, capacity = columns[0].shard, columns[0].capacity
+        if start % shard or start + len(rays) > capacity:
             raise ValueError(
-                f"{posixpath.dirname(columns[0].directory)}: cannot write {len(rays)} rays from row {start}: a slot "
-                f"starts on a chunk boundary ({chunk} rows) and ends within the store's {capacity} rows"
+                f"{posixpath.dirname(columns[0].directory)}: cannot write {len(rays)} rays from row {start}: a write "
+                f"starts on a shard boundary ({shard} rows) and ends within the store's {capacity} rows"
             )
         for column in columns:
             values = getattr(rays, column.name)
-            jobs += [(column, (start + i) // chunk, values[i : i + chunk]) for i in range(0, len(rays), chunk)]
-    return [_chunk_writers().submit(_put_chunk, *job) for job in jobs]
+            for first in range(0, len(rays), shard):
+                rows = values[first : first + shard]
+                target = _Shard(column, (start + first) // shard, -(-len(rows) // column.chunk))
+                jobs += [
+                    (target, i, rows[j : j + column.chunk]) for i, j in enumerate(range(0, len(rows), column.chunk))
+                ]
+    return [_chunk_writers().submit(target.put, i, rows) for target, i, rows in jobs]
 
 
 @dataclass
@@ -353,13 +412,13 @@ class SlotWrite:
 
 def start_slot(start: int, stores: Sequence[tuple[str, Rays]]) -> SlotWrite:
     """Start writing each (store path, rays) pair's rays to the store's rows [start, start + N); the rays must not
-    change until the write's `result()` returns. The stores come from `create_ray_store`; `start` is a chunk
+    change until the write's `result()` returns. The stores come from `create_ray_store`; `start` is a shard
     boundary.
 
-    The chunks are encoded with each column's codecs and written as Zarr lays them out, on a thread pool: through
-    Zarr's own write path, its per-chunk overhead took four times what compressing and writing the chunks does. A
-    chunk file is written in place: a killed attempt leaves it only in its own slot, unread until a retry rewrites
-    the slot.
+    The chunks are encoded with each column's codecs on a thread pool, and each shard written as Zarr lays it out:
+    through Zarr's own write path, its per-chunk overhead took four times what compressing and writing the chunks
+    does. A shard file is written in place: a killed attempt leaves it only in its own slot, unread until a retry
+    rewrites the slot.
     """
     chunks = _start_rows(start, [(_open_columns(path), rays) for path, rays in stores])
     checksums = []
@@ -393,12 +452,12 @@ def finish_ray_stores(stores: Sequence[tuple[str, Sequence[tuple[int, int]], Seq
 
     def finish(path: str, segments: Sequence[tuple[int, int]], checksums: Sequence[str]) -> dict:
         fs, root = fsspec.core.url_to_fs(path)
-        chunk = _array_metadata(fs.cat_file(posixpath.join(root, "image_id", "zarr.json"))).chunks[0]
+        shard = _array_metadata(fs.cat_file(posixpath.join(root, "image_id", "zarr.json"))).chunk_grid.chunk_shape[0]
         ends = [0] + [start + n for start, n in segments]
         if len(checksums) != len(segments) or any(
-            n <= 0 or start % chunk or start < end for (start, n), end in zip(segments, ends, strict=False)
+            n <= 0 or start % shard or start < end for (start, n), end in zip(segments, ends, strict=False)
         ):
-            raise ValueError(f"{path}: segments {segments} must be non-empty, ordered and start on chunk boundaries")
+            raise ValueError(f"{path}: segments {segments} must be non-empty, ordered and start on shard boundaries")
         count = sum(n for _, n in segments)
         checksum = store_checksum(checksums)
         group = json.loads(fs.cat_file(posixpath.join(root, "zarr.json")))
@@ -411,18 +470,23 @@ def finish_ray_stores(stores: Sequence[tuple[str, Sequence[tuple[int, int]], Seq
     return _for_each_store(finish, stores)
 
 
-class RayStoreWriter:
-    """Stream rays into a new store holding one segment, rows [0, count), writing whole aligned chunks.
+#: Chunks per shard (file) of a store that RayStoreWriter streams: what it buffers.
+WRITER_SHARD_CHUNKS = 16
 
-    Memory is one chunk of buffered rays plus what the caller appends, whatever the store's length.
+
+class RayStoreWriter:
+    """Stream rays into a new store holding one segment, rows [0, count), writing whole shards of
+    WRITER_SHARD_CHUNKS chunks.
+
+    Memory is one shard of buffered rays plus what the caller appends, whatever the store's length.
     """
 
     def __init__(self, path: str, count: int, chunk: int) -> None:
         self.path = path
         self.count = count
-        self.chunk = chunk
-        create_ray_store(path, count, chunk)
+        create_ray_store(path, count, chunk, WRITER_SHARD_CHUNKS * chunk)
         self._columns = _open_columns(path)
+        self.shard = self._columns[0].shard
         self._pending: list[Rays] = []
         self._pending_len = 0
         self._written = 0
@@ -431,12 +495,12 @@ class RayStoreWriter:
     def append(self, rays: Rays) -> None:
         self._pending.append(rays)
         self._pending_len += len(rays)
-        if self._pending_len >= self.chunk:
+        if self._pending_len >= self.shard:
             self._flush(final=False)
 
     def _flush(self, final: bool) -> None:
         buffered = Rays.concat(self._pending)
-        whole = len(buffered) if final else len(buffered) - len(buffered) % self.chunk
+        whole = len(buffered) if final else len(buffered) - len(buffered) % self.shard
         if self._written + whole > self.count:
             raise ValueError(f"{self.path}: more rays appended than the {self.count} declared")
         out = buffered.take(slice(0, whole))
@@ -524,7 +588,7 @@ def open_ray_store(path: str) -> RayStore:
     return RayStore(
         path=path,
         count=int(attrs["count"]),
-        chunk=root["image_id"].chunks[0],
+        chunk=_sharded_codecs(root["image_id"].metadata, RAY_COLUMNS["image_id"][1], path)[0],
         checksum=str(attrs["checksum"]),
         segments=tuple((int(start), int(n)) for start, n in attrs["segments"]),
     )
@@ -579,6 +643,7 @@ def write_voxel_stores(
         shape=(0, 3),
         dtype=dtype,
         chunks=(1, 3),
+        shards=(1, 3),
         compressors=_compressor(dtype),
         chunk_key_encoding=_CHUNK_KEYS,
     )
@@ -590,15 +655,19 @@ def write_voxel_stores(
         fs, store_root = fsspec.core.url_to_fs(path)
         directory = posixpath.join(store_root, "coords")
         document = json.loads(coords_document)  # the template's, with this store's shape
+        chunk = max(1, min(len(coords), VOXEL_CHUNK))
+        chunks = -(-len(coords) // chunk)
         document["shape"] = [len(coords), 3]
-        document["chunk_grid"]["configuration"]["chunk_shape"] = [max(1, min(len(coords), VOXEL_CHUNK)), 3]
+        document["chunk_grid"]["configuration"]["chunk_shape"] = [chunk * max(1, chunks), 3]  # one shard
+        document["codecs"][0]["configuration"]["chunk_shape"] = [chunk, 3]
         data = json.dumps(document).encode()
         metadata = ArrayV3Metadata.from_dict(document)
-        column = _Column("coords", fs, directory, metadata, _blosc(metadata, dtype, path))
+        column = _Column("coords", fs, directory, metadata, *_sharded_codecs(metadata, dtype, path))
         fs.makedirs(directory, exist_ok=True)
         fs.pipe_file(posixpath.join(directory, "zarr.json"), data)
-        for start in range(0, len(coords), column.chunk):
-            _put_chunk(column, start // column.chunk, coords[start : start + column.chunk])
+        shard = _Shard(column, 0, chunks)
+        for i in range(chunks):  # the last writes the shard
+            shard.put(i, coords[i * chunk : (i + 1) * chunk])
         fs.pipe_file(posixpath.join(store_root, "zarr.json"), group_document)  # last: the store is complete
 
     _for_each_store(write, stores)
