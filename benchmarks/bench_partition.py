@@ -11,7 +11,9 @@
   block's rays written to its store), and per second of wall time, of its batch phase alone (what a run of
   thousands of images is made of: the per-block set-up and finishing do not grow with the images) and per CPU
   second (all threads: chunks are compressed on a thread pool) against the floor the issue names: decoding the
-  images once and compressing the same number of rays into one store.
+  images once and compressing the same number of rays into one store; and per CPU second against that floor
+  plus making and assigning every pixel's ray on one thread (the work a partition cannot skip), which leaves
+  what the partition adds: laying the rays out shuffled, checksums, threads and Python.
 - Memory: peak RSS of a whole partition run in a fresh process for 1k and 10k image poses: it must stay
   flat, since memory is bounded by a batch, not by the scene.
 """
@@ -264,6 +266,7 @@ def end_to_end_rows(tmp: Path) -> list[BenchRow]:
         writer.append(sample.take(slice(0, min(len(sample), summary["rays"] - start))))
     writer.close()
     floor_s, floor_cpu = time.perf_counter() - started, cpu_seconds() - cpu
+    assign_cpu = assignment_cpu_seconds(scene)
 
     started = time.perf_counter()
     straightforward_rays = straightforward_partition(ws, tmp / "straightforward", config.partition.chunk_rays)
@@ -309,7 +312,30 @@ def end_to_end_rows(tmp: Path) -> list[BenchRow]:
             summary["rays"] / floor_cpu,
             "rays/CPU s",
         ),
+        BenchRow(
+            f"rays written per CPU second, all threads ({size})",
+            summary["rays"] / e2e_cpu,
+            "the same + make and assign every pixel's ray (the work no partition skips)",
+            summary["rays"] / (floor_cpu + assign_cpu),
+            "rays/CPU s",
+        ),
     ]
+
+
+def assignment_cpu_seconds(scene: Scene) -> float:
+    """CPU seconds to make and assign the rays of every training pixel of `scene` on this thread, into the
+    benchmark's blocks, as a partition task does (tile order, freed memory kept)."""
+    boxes, grid = layout(city_points())
+    keep_freed_memory()
+    cpu = 0.0
+    for index in scene.split_indices("train"):
+        camera = scene.camera_of(int(index))
+        pixels = camera.pixel_grid().numpy()[tile_order(camera.width, camera.height)]
+        started = time.thread_time()
+        origins, dirs = image_rays(camera, scene.c2w[index], pixels)
+        assign(origins, dirs, boxes, grid, MARGIN)
+        cpu += time.thread_time() - started
+    return cpu
 
 
 #: A whole partition run in a fresh process; prints its peak RSS (VmHWM, which unlike ru_maxrss does not

@@ -127,10 +127,10 @@ def _load(job: ImageJob, plan: Plan) -> np.ndarray:
     return rgb
 
 
-def _read_image(job: ImageJob, plan: Plan) -> tuple[ImageRays, Assignment]:
-    """One image of a batch read, its rays made and assigned: its rays in tile order with their (ray, block) pairs,
-    and the assignment they come from. InputError if the image is missing, corrupt or of the wrong size."""
-    order, pixel = _tiled_pixels(job.camera.width, job.camera.height)
+def _read_image(job: ImageJob, plan: Plan, order: np.ndarray, pixel: np.ndarray) -> tuple[ImageRays, Assignment]:
+    """One image of a batch read, its rays made and assigned: its rays in tile order (`_tiled_pixels`) with their
+    (ray, block) pairs, and the assignment they come from. InputError if the image is missing, corrupt or of the
+    wrong size."""
     pixels = _load(job, plan).reshape(-1).view("V3")  # (H*W,) 3-byte items: gathered 4x faster than (H*W, 3) rows
     rgb = pixels.take(order).view(np.uint8).reshape(-1, 3)  # (H*W, 3) in tile order
     origins, dirs, found = _assign(job, pixel, plan)
@@ -152,7 +152,10 @@ def _image_readers() -> ThreadPoolExecutor:
 def _reading(jobs: Sequence[ImageJob], plan: Plan) -> Iterator[list[Future]]:
     """`_read_image` of each job under way, IMAGE_READERS at a time, in batch order; the images not yet begun are
     cancelled when the block exits (a bad image that fails the task)."""
-    reading = [_image_readers().submit(_read_image, job, plan) for job in jobs]
+    reading = [  # each size's tiles found once, here, rather than by every reader at once
+        _image_readers().submit(_read_image, job, plan, *_tiled_pixels(job.camera.width, job.camera.height))
+        for job in jobs
+    ]
     try:
         yield reading
     finally:
