@@ -9,7 +9,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec
 
-from bigscene.errors import WorkspaceError
+from bigscene.errors import InputError, WorkspaceError
 from bigscene.scene import Camera, ImageRecord, Scene, SparsePoints
 from bigscene.store import SCHEMA_VERSION, blocks, has_scene, read_scene, scene_path, write_scene
 from bigscene.store.blocks import (
@@ -19,6 +19,7 @@ from bigscene.store.blocks import (
     create_ray_stores,
     finish_ray_store,
     finish_ray_stores,
+    open_ray_store,
     ray_store_info,
     read_rays,
     read_voxels,
@@ -238,6 +239,37 @@ def test_an_abandoned_slot_write_is_over_and_a_rewrite_reads_back(tmp_path: Path
     got = read_rays(path)
     for name in RAY_COLUMNS:
         np.testing.assert_array_equal(getattr(got, name), getattr(rays, name))
+
+
+@pytest.mark.parametrize("where", ["file", "memory"])
+def test_chunk_reader_reads_what_zarr_reads(tmp_path: Path, where: str) -> None:
+    """The training reader reads shards itself: every chunk's rows, in slots partly filled, in a slot never
+    written (the fill value) and in part of a chunk, are what Zarr reads, on disk and in an fsspec memory store; a
+    shard whose index is damaged is refused, naming the file."""
+    base = str(tmp_path) if where == "file" else f"memory://reader-{tmp_path.name}"
+    path = f"{base}/rays.zarr"
+    create_ray_store(path, 3 * 2048, 512, 2048)
+    first, last = _random_rays(1300, seed=6), _random_rays(2048, seed=7)
+    finish_ray_store(path, [(0, 1300), (4096, 2048)], write_slot(0, [(path, first)]) + write_slot(4096, [(path, last)]))
+    store = open_ray_store(path)
+    arrays = store.columns()
+    ranges = [(start, start + 512) for start in range(0, 3 * 2048, 512)] + [(4096 + 100, 4096 + 300)]
+    reader = store.chunk_reader(["dirs", "image_id", "near_far"])
+    for start, stop in ranges:
+        rows = reader.rows(start, stop)
+        assert sorted(rows) == ["dirs", "image_id", "near_far"]
+        for name, values in rows.items():
+            np.testing.assert_array_equal(values, arrays[name][start:stop], err_msg=f"{name} [{start}, {stop})")
+    assert not reader.rows(2048, 2560)["dirs"].any()  # slot 1: never written
+    with pytest.raises(ValueError, match="more than one chunk"):
+        reader.rows(500, 600)
+    fs, root = fsspec.core.url_to_fs(path)
+    shard = posixpath.join(root, "dirs", "c.2.0")
+    damaged = bytearray(fs.cat_file(shard))
+    damaged[-10] ^= 0xFF  # in the index's last entry
+    fs.pipe_file(shard, bytes(damaged))
+    with pytest.raises(InputError, match="c.2.0.*index is truncated or corrupt"):
+        store.chunk_reader(["dirs"]).rows(4096, 4608)
 
 
 def test_ray_stores_are_compressed(tmp_path: Path) -> None:

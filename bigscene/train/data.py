@@ -87,7 +87,7 @@ class RayStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         store = open_ray_store(self.path)
-        arrays = store.columns(COLUMNS)
+        reader = store.chunk_reader(COLUMNS)
         chunk = store.chunk
         shard = self._shard()
         pieces = store.pieces()  # (P, 3) start row, stop row, logical start
@@ -102,7 +102,7 @@ class RayStream(IterableDataset):
 
         def read(piece: np.ndarray) -> dict[str, np.ndarray]:
             start, stop, logical = (int(v) for v in piece)
-            rays = {name: array[start:stop] for name, array in arrays.items()}
+            rays = reader.rows(start, stop)
             rays["ray_id"] = np.arange(logical, logical + stop - start, dtype=np.int64)
             return rays
 
