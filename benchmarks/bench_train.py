@@ -3,7 +3,8 @@
 - Per block: training steps/s and samples/s (training time only, validation excluded) with the surface-guided
   sampler, against the uniform sampler at the same samples-per-step target, in the same run.
 - Loader: rays/s the streaming loader (random chunk order, shuffle buffer, bounded memory) delivers from a
-  block's `rays.zarr`, against indexing random batches out of the whole store held in memory.
+  block's `rays.zarr`, against indexing random batches out of the whole store held in memory; and rays/s of its
+  chunk reads straight from the store's shards, against Zarr's reads of the same chunks.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import torch
 from benchmarks.table import BenchRow, print_table
 from benchmarks.workspaces import partitioned_city
 from bigscene.config import Config, load_config
-from bigscene.store.blocks import rays_path, read_rays
+from bigscene.store.blocks import open_ray_store, rays_path, read_rays
 from bigscene.train import fit_block
-from bigscene.train.data import RayStream
+from bigscene.train.data import COLUMNS, RayStream
 from bigscene.train.optim import RayBudget
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,27 @@ def _loader_rows(ws: str) -> list[BenchRow]:
             "whole store in memory",
             in_memory,
             "rays/s",
-        )
+        ),
+        _chunk_read_row(path),
     ]
+
+
+def _chunk_read_row(path: str) -> BenchRow:
+    """Rays/s reading every stored chunk of a store, each once, as the loader does: its chunk reader against
+    Zarr's own reads of the same rows."""
+    store = open_ray_store(path)
+    pieces = store.pieces()
+    rays = int((pieces[:, 1] - pieces[:, 0]).sum())
+    reader, arrays = store.chunk_reader(COLUMNS), store.columns(COLUMNS)
+    started = time.perf_counter()
+    for start, stop, _ in pieces:
+        reader.rows(start, stop)
+    direct = rays / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for start, stop, _ in pieces:
+        {name: array[start:stop] for name, array in arrays.items()}
+    through_zarr = rays / (time.perf_counter() - started)
+    return BenchRow("chunk reads rays/s, shards read directly (b000)", direct, "Zarr's reads", through_zarr, "rays/s")
 
 
 def run() -> list[BenchRow]:
