@@ -17,7 +17,6 @@ Without numba, `partitioning.numpy_kernels` gives the same results, vectorised o
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +56,28 @@ class Assignment:
     near_far: np.ndarray
     background: np.ndarray
     dropped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PairBuffers:
+    """Room for `assign`'s (ray, block) pairs: ray (C,) int64, block (C,) int32, near_far (C, 2) float32, background
+    (C,) bool. The pairs of N rays take about 1.5 N rows and `for_rays` gives 2 N + 16 (more are allocated if
+    needed); a caller allocates them where their memory is reused (see `partitioning.tasks`)."""
+
+    ray: np.ndarray
+    block: np.ndarray
+    near_far: np.ndarray
+    background: np.ndarray
+
+    @classmethod
+    def for_rays(cls, n: int) -> PairBuffers:
+        capacity = 2 * n + 16
+        return cls(
+            np.empty(capacity, np.int64),
+            np.empty(capacity, np.int32),
+            np.empty((capacity, 2), np.float32),
+            np.empty(capacity, np.bool_),
+        )
 
 
 def tile_order(width: int, height: int, tile: int = 16) -> np.ndarray:
@@ -128,16 +149,13 @@ def assign(
     grid: VisibilityGrid,
     margin: float,
     sky: str = "background",
+    out: PairBuffers | None = None,
 ) -> Assignment:
-    """Assign rays origins, dirs (N, 3) float32 (unit dirs) to blocks; see the module docstring."""
+    """Assign rays origins, dirs (N, 3) float32 (unit dirs) to blocks; see the module docstring. The pairs are
+    views into `out` when given and large enough (the numpy fallback allocates its own)."""
     o = np.ascontiguousarray(origins, dtype=np.float32)
     d = np.ascontiguousarray(dirs, dtype=np.float32)
-    kernel = _assign
-    if not COMPILED:
-        from partitioning import numpy_kernels  # imports this module: loaded only where it runs
-
-        kernel = functools.partial(numpy_kernels.assign_arrays, group=GROUP)
-    ray, block, near_far, background, invalid, dropped_sky = kernel(
+    args = (
         o,
         d,
         np.ascontiguousarray(boxes.outer, dtype=np.float32),
@@ -149,6 +167,14 @@ def assign(
         np.float32(margin),
         sky == "background",
     )
+    if COMPILED:
+        pairs = out if out is not None else PairBuffers.for_rays(len(o))
+        found = _assign(*args, pairs.ray, pairs.block, pairs.near_far, pairs.background)
+    else:
+        from partitioning import numpy_kernels  # imports this module: loaded only where it runs
+
+        found = numpy_kernels.assign_arrays(*args, group=GROUP)
+    ray, block, near_far, background, invalid, dropped_sky = found
     dropped = {"invalid_ray": int(invalid)}
     if sky != "background":
         dropped["sky"] = int(dropped_sky)
@@ -334,9 +360,14 @@ def _assign(
     cell: np.float32,
     margin: np.float32,
     keep_sky: bool,
+    ray: np.ndarray,
+    block: np.ndarray,
+    near_far: np.ndarray,
+    background: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
-    """`assign` over rays o, d (N, 3) float32: ray (M,) int64, block (M,) int32, near_far (M, 2) float32,
-    background (M,) bool, and the numbers of invalid and of dropped sky rays."""
+    """`assign` over rays o, d (N, 3) float32 into the pair buffers ray, block, near_far, background (`PairBuffers`,
+    replaced by larger ones when full): ray (M,) int64, block (M,) int32, near_far (M, 2) float32, background (M,)
+    bool, and the numbers of invalid and of dropped sky rays."""
     n, num_boxes = len(o), len(outer)
     bounds, footprints, clusters = (
         _holding(inner_xy, len(inner_xy))[0],
@@ -349,11 +380,7 @@ def _assign(
         valid[r] = (
             o[r, 0] * zero + o[r, 1] * zero + o[r, 2] * zero + d[r, 0] * zero + d[r, 1] * zero + d[r, 2] * zero == zero
         )
-    capacity = 2 * n + 16
-    ray = np.empty(capacity, dtype=np.int64)
-    block = np.empty(capacity, dtype=np.int32)
-    near_far = np.empty((capacity, 2), dtype=np.float32)
-    background = np.empty(capacity, dtype=np.bool_)
+    capacity = len(ray)
     candidates = np.empty(num_boxes, dtype=np.int64)
     origin_span, inverse_span = np.empty((2, 3), np.float32), np.empty((2, 3), np.float32)  # a group's (min, max)
     # a group's rays, one array per coordinate, so the slab test runs over rays in SIMD lanes

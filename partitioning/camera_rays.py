@@ -20,14 +20,21 @@ from partitioning.compiled import COMPILED, jit
 RAY_SLICE = 1 << 16
 
 
-def image_rays(camera: Camera, c2w: np.ndarray, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def image_rays(
+    camera: Camera, c2w: np.ndarray, pixels: np.ndarray, out: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Rays through the centres of pixels (N, 2) integer (x, y) of a camera with (4, 4) camera-to-world c2w:
-    float32 origins (N, 3) and unit dirs (N, 3)."""
+    float32 origins (N, 3) and unit dirs (N, 3), written into `out` (origins, dirs) when given."""
+    n = len(pixels)
+    origins, dirs = out if out is not None else (np.empty((n, 3), np.float32), np.empty((n, 3), np.float32))
     if COMPILED and not camera.has_distortion:
         (fx, fy), (cx, cy) = camera.focal, camera.principal_point
         c2w = np.asarray(c2w, dtype=np.float64)
-        return _pinhole_rays(pixels, fx, fy, cx, cy, np.ascontiguousarray(c2w[:3, :3]), c2w[:3, 3].copy())
-    return _torch_rays(camera, c2w, pixels)
+        rotation, centre = np.ascontiguousarray(c2w[:3, :3]), c2w[:3, 3].copy()
+        _pinhole_rays(pixels, fx, fy, cx, cy, rotation, centre, origins, dirs)
+    else:
+        _torch_rays(camera, c2w, pixels, origins, dirs)
+    return origins, dirs
 
 
 #: Held while `_torch_rays` has torch on one thread: the threads reading a task's images take turns, so that each
@@ -35,11 +42,9 @@ def image_rays(camera: Camera, c2w: np.ndarray, pixels: np.ndarray) -> tuple[np.
 _ONE_TORCH_THREAD = threading.Lock()
 
 
-def _torch_rays(camera: Camera, c2w: np.ndarray, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`image_rays` by `generate_rays`, on one torch thread: these small element-wise ops only slow down on torch's
-    thread pool, and the task's other images are read on other threads meanwhile."""
-    origins = np.empty((len(pixels), 3), dtype=np.float32)
-    dirs = np.empty((len(pixels), 3), dtype=np.float32)
+def _torch_rays(camera: Camera, c2w: np.ndarray, pixels: np.ndarray, origins: np.ndarray, dirs: np.ndarray) -> None:
+    """`image_rays` by `generate_rays` into origins, dirs, on one torch thread: these small element-wise ops only slow
+    down on torch's thread pool, and the task's other images are read on other threads meanwhile."""
     c2w64 = torch.tensor(c2w, dtype=torch.float64)
     with _ONE_TORCH_THREAD:
         threads = torch.get_num_threads()
@@ -51,18 +56,23 @@ def _torch_rays(camera: Camera, c2w: np.ndarray, pixels: np.ndarray) -> tuple[np
                 origins[rows], dirs[rows] = o.numpy(), d.numpy()
         finally:
             torch.set_num_threads(threads)
-    return origins, dirs
 
 
 @jit
 def _pinhole_rays(
-    pixels: np.ndarray, fx: float, fy: float, cx: float, cy: float, rotation: np.ndarray, centre: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """`image_rays` for an undistorted camera: rotation (3, 3) and centre (3,) float64 of its c2w."""
-    n = len(pixels)
-    origins = np.empty((n, 3), dtype=np.float32)
-    dirs = np.empty((n, 3), dtype=np.float32)
-    for i in range(n):
+    pixels: np.ndarray,
+    fx: float,
+    fy: float,
+    cx: float,
+    cy: float,
+    rotation: np.ndarray,
+    centre: np.ndarray,
+    origins: np.ndarray,
+    dirs: np.ndarray,
+) -> None:
+    """`image_rays` into origins, dirs for an undistorted camera: rotation (3, 3) and centre (3,) float64 of its
+    c2w."""
+    for i in range(len(pixels)):
         x = (np.float64(pixels[i, 0]) + 0.5 - cx) / fx
         y = (np.float64(pixels[i, 1]) + 0.5 - cy) / fy
         wx = x * rotation[0, 0] + y * rotation[0, 1] + rotation[0, 2]
@@ -71,4 +81,3 @@ def _pinhole_rays(
         norm = np.sqrt(wx * wx + wy * wy + wz * wz)
         dirs[i, 0], dirs[i, 1], dirs[i, 2] = wx / norm, wy / norm, wz / norm
         origins[i, 0], origins[i, 1], origins[i, 2] = centre[0], centre[1], centre[2]
-    return origins, dirs

@@ -40,6 +40,7 @@ from partitioning import camera_rays, mapplot, numpy_kernels, run_partition, shu
 from partitioning.assign import (
     GROUP,
     BlockBoxes,
+    PairBuffers,
     _assign,
     _may_cross,
     _safe,
@@ -225,7 +226,8 @@ def test_numpy_fallback_gives_the_compiled_results_exactly(rows: int) -> None:
     grid_args = (grid.distance, grid.origin, np.float32(grid.cell))
     args = (o, d, boxes.outer, boxes.inner_xy, boxes.ground, *grid_args, np.float32(0.1))
     for keep_sky in (True, False):
-        compiled = _assign(*args, keep_sky)
+        pairs = PairBuffers.for_rays(100)  # too few: the kernel makes room
+        compiled = _assign(*args, keep_sky, pairs.ray, pairs.block, pairs.near_far, pairs.background)
         fallback = numpy_kernels.assign_arrays(*args, keep_sky, group=GROUP)
         assert compiled[4] == fallback[4] == 1 and compiled[5] == fallback[5]
         assert len(compiled[0]) > len(o) and compiled[3].sum() > 500 if keep_sky else compiled[5] > 500
