@@ -110,6 +110,8 @@ class _ImageBuffers:
 def _assign(
     job: ImageJob, pixels: np.ndarray, plan: Plan, buffers: _ImageBuffers | None = None
 ) -> tuple[np.ndarray, np.ndarray, Assignment]:
+    """The rays through `pixels` (N, 2) of the job's camera, origins and dirs (N, 3), and their assignment; dirs and
+    pairs written into `buffers` when given."""
     if buffers is None:
         rays, pairs = None, None
     else:
