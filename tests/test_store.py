@@ -243,9 +243,9 @@ def test_an_abandoned_slot_write_is_over_and_a_rewrite_reads_back(tmp_path: Path
 
 @pytest.mark.parametrize("where", ["file", "memory"])
 def test_chunk_reader_reads_what_zarr_reads(tmp_path: Path, where: str) -> None:
-    """The training reader reads shards itself: every chunk's rows, in slots partly filled, in a slot never
-    written (the fill value) and in part of a chunk, are what Zarr reads, on disk and in an fsspec memory store; a
-    shard whose index is damaged is refused, naming the file."""
+    """The chunk reader (training's, and `RayStore.read`'s) reads shards itself: every chunk's rows, in slots partly
+    filled, in a slot never written (the fill value), in part of a chunk and across segments, are what Zarr reads,
+    on disk and in an fsspec memory store; a shard whose index is damaged is refused, naming the file."""
     base = str(tmp_path) if where == "file" else f"memory://reader-{tmp_path.name}"
     path = f"{base}/rays.zarr"
     create_ray_store(path, 3 * 2048, 512, 2048)
@@ -261,6 +261,11 @@ def test_chunk_reader_reads_what_zarr_reads(tmp_path: Path, where: str) -> None:
         for name, values in rows.items():
             np.testing.assert_array_equal(values, arrays[name][start:stop], err_msg=f"{name} [{start}, {stop})")
     assert not reader.rows(2048, 2560)["dirs"].any()  # slot 1: never written
+    for start, stop, rows in [(0, None, [(0, 1300), (4096, 6144)]), (1000, 1500, [(1000, 1300), (4096, 4296)])]:
+        got = store.read(start, stop)  # logical rays, chunk by chunk across the gap between segments
+        for name in RAY_COLUMNS:
+            expected = np.concatenate([arrays[name][a:b] for a, b in rows])
+            np.testing.assert_array_equal(getattr(got, name), expected, err_msg=f"{name} [{start}, {stop})")
     with pytest.raises(ValueError, match="more than one chunk"):
         reader.rows(500, 600)
     fs, root = fsspec.core.url_to_fs(path)

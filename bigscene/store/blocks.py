@@ -567,12 +567,16 @@ class RayStore:
         return out
 
     def read(self, start: int = 0, stop: int | None = None) -> Rays:
-        """Logical rays [start, stop) (slice semantics over [0, count))."""
+        """Logical rays [start, stop) (slice semantics over [0, count)), chunk by chunk (`chunk_reader`)."""
         start, stop, _ = slice(start, stop).indices(self.count)
-        arrays = self.columns()
-        return Rays.concat(
-            [Rays(**{name: array[a:b] for name, array in arrays.items()}) for a, b in self.ranges(start, stop)]
-        )
+        reader = self.chunk_reader()
+        parts = []
+        for row, end in self.ranges(start, stop):
+            while row < end:
+                within = min(end, (row // self.chunk + 1) * self.chunk)  # to the end of row's chunk
+                parts.append(Rays(**reader.rows(row, within)))
+                row = within
+        return Rays.concat(parts)
 
 
 #: Shard indexes a ChunkReader keeps (a few kB each: one entry per chunk of a slot).
