@@ -69,6 +69,23 @@ class PairBuffers:
     near_far: np.ndarray
     background: np.ndarray
 
+    def __post_init__(self) -> None:
+        """The compiled kernel writes into these unchecked: refuse anything but the layout it expects."""
+        capacity = len(self.ray)
+        expected = {
+            "ray": (np.int64, ()),
+            "block": (np.int32, ()),
+            "near_far": (np.float32, (2,)),
+            "background": (np.bool_, ()),
+        }
+        for name, (dtype, shape) in expected.items():
+            array = getattr(self, name)
+            if array.dtype != dtype or array.shape != (capacity, *shape) or not array.flags.c_contiguous:
+                raise ValueError(
+                    f"PairBuffers.{name}: {array.dtype} {array.shape}, not C-contiguous {np.dtype(dtype)} "
+                    f"{(capacity, *shape)}"
+                )
+
     @classmethod
     def for_rays(cls, n: int) -> PairBuffers:
         capacity = 2 * n + 16

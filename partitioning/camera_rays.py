@@ -27,6 +27,9 @@ def image_rays(
     float32 origins (N, 3) and unit dirs (N, 3), written into `out` (origins, dirs) when given."""
     n = len(pixels)
     origins, dirs = out if out is not None else (np.empty((n, 3), np.float32), np.empty((n, 3), np.float32))
+    for array in (origins, dirs):  # the compiled loop writes n rows into them unchecked
+        if array.dtype != np.float32 or array.shape != (n, 3) or not array.flags.c_contiguous:
+            raise ValueError(f"image_rays: out arrays must be C-contiguous float32 ({n}, 3), not {array.shape}")
     if COMPILED and not camera.has_distortion:
         (fx, fy), (cx, cy) = camera.focal, camera.principal_point
         c2w = np.asarray(c2w, dtype=np.float64)

@@ -17,6 +17,7 @@ import posixpath
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from bigscene.store.blocks import SlotWrite, batch_marker_path, rays_path, start
 from bigscene.store.workspace import join, write_json_atomic
 from partitioning.assign import Assignment, BlockBoxes, PairBuffers, assign, tile_order
 from partitioning.camera_rays import image_rays
+from partitioning.compiled import COMPILED
 from partitioning.heap import keep_freed_memory
 from partitioning.shuffle import LAYOUT_BUFFERS, BatchLayout, ImageRays
 from partitioning.voxels import VisibilityGrid
@@ -100,11 +102,12 @@ class _ImageBuffers:
 
     rgb: np.ndarray
     dirs: np.ndarray
-    pairs: PairBuffers
+    pairs: PairBuffers | None
 
     @classmethod
     def for_pixels(cls, n: int) -> _ImageBuffers:
-        return cls(np.empty((n, 3), np.uint8), np.empty((n, 3), np.float32), PairBuffers.for_rays(n))
+        pairs = PairBuffers.for_rays(n) if COMPILED else None  # the numpy fallback makes its own
+        return cls(np.empty((n, 3), np.uint8), np.empty((n, 3), np.float32), pairs)
 
 
 def _assign(
@@ -180,23 +183,19 @@ def _image_readers() -> ThreadPoolExecutor:
 
 @contextmanager
 def _reading(jobs: Sequence[ImageJob], plan: Plan) -> Iterator[list[Future]]:
-    """`_read_image` of each job under way, IMAGE_READERS at a time, in batch order; the images not yet begun are
-    cancelled when the block exits (a bad image that fails the task)."""
-    reading = [  # each size's tiles found once, and every image's buffers allocated, on this thread
-        _image_readers().submit(
-            _read_image,
-            job,
-            plan,
-            *_tiled_pixels(job.camera.width, job.camera.height),
-            _ImageBuffers.for_pixels(job.camera.width * job.camera.height),
-        )
-        for job in jobs
-    ]
+    """`_read_image` of each job under way, IMAGE_READERS at a time, in batch order; when the block exits (a bad
+    image that fails the task), the images not yet begun are cancelled and those begun waited for."""
+    reading: list[Future] = []
     try:
+        for job in jobs:  # each size's tiles found once, and every image's buffers allocated, on this thread
+            tiles = _tiled_pixels(job.camera.width, job.camera.height)
+            buffers = _ImageBuffers.for_pixels(job.camera.width * job.camera.height)
+            reading.append(_image_readers().submit(_read_image, job, plan, *tiles, buffers))
         yield reading
     finally:
         for future in reading:
             future.cancel()
+        futures.wait(reading)  # no reader of this task still running once it fails (a retry may follow at once)
 
 
 def write_batch(batch: BatchJob, plan: Plan) -> dict:

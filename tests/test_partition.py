@@ -36,7 +36,7 @@ from bigscene.store.blocks import (
     read_voxels,
     store_checksum,
 )
-from partitioning import camera_rays, mapplot, numpy_kernels, run_partition, shuffle
+from partitioning import camera_rays, mapplot, numpy_kernels, run_partition, shuffle, tasks
 from partitioning.assign import (
     GROUP,
     BlockBoxes,
@@ -591,6 +591,36 @@ def test_a_run_left_by_an_older_schema_is_planned_again(
 
 
 # bad input
+
+
+def test_a_bad_image_fails_its_task_once_the_other_readers_stop(
+    city: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images are read on threads: when one is bad, the task fails with its error only after every image being read
+    has stopped (a retry may start at once) and the images not begun are not read."""
+    ws = copy_city(city, tmp_path / "ws")
+    read = tasks._read_image
+    started, finished = [], []
+
+    def slow_read(job, plan, *args):  # noqa: ANN001, ANN202 (tasks._read_image's)
+        started.append(job.index)
+        if len(started) == 1:
+            raise InputError(job.path, "unreadable, as a test")
+        time.sleep(0.3)
+        finished.append(job.index)
+        return read(job, plan, *args)
+
+    monkeypatch.setattr(tasks, "_read_image", slow_read)
+    with pytest.raises(InputError, match="unreadable, as a test"):
+        run_partition(ws, config("partition.images_per_task=6"))
+    assert len(started) > 1 and sorted(finished) == sorted(started[1:])  # the readers begun had all finished
+    assert len(started) < 6  # images queued behind them were cancelled
+    pairs = PairBuffers.for_rays(10)
+    with pytest.raises(ValueError, match="PairBuffers.block"):
+        PairBuffers(pairs.ray, pairs.ray, pairs.near_far, pairs.background)  # the kernel writes into them unchecked
+    with pytest.raises(ValueError, match="out arrays"):
+        float64 = (np.zeros((16, 3)), np.zeros((16, 3)))
+        camera_rays.image_rays(Camera.pinhole(4.0, 4.0, 2.0, 2.0, 4, 4), np.eye(4), np.zeros((16, 2)), float64)
 
 
 def test_missing_and_corrupt_images(city: Path, tmp_path: Path) -> None:

@@ -230,11 +230,11 @@ def test_an_abandoned_slot_write_is_over_and_a_rewrite_reads_back(tmp_path: Path
     (none can land after the retry's), and the retry's rewrite of the slot reads back exactly."""
     path = str(tmp_path / "rays.zarr")
     create_ray_store(path, 64 * 256, 256, 64 * 256)
-    rays = _random_rays(64 * 256, seed=3)
-    write = start_slot(0, [(path, rays)])
+    write = start_slot(0, [(path, _random_rays(64 * 256, seed=3))])
     write.abandon()
     assert len(write.chunks) == 64 * len(RAY_COLUMNS)
     assert all(chunk.done() for chunk in write.chunks)
+    rays = _random_rays(64 * 256, seed=8)  # the retry's rays differ: a late write of the first would show
     finish_ray_store(path, [(0, len(rays))], write_slot(0, [(path, rays)]))
     got = read_rays(path)
     for name in RAY_COLUMNS:
@@ -242,38 +242,44 @@ def test_an_abandoned_slot_write_is_over_and_a_rewrite_reads_back(tmp_path: Path
 
 
 @pytest.mark.parametrize("where", ["file", "memory"])
-def test_chunk_reader_reads_what_zarr_reads(tmp_path: Path, where: str) -> None:
-    """The chunk reader (training's, and `RayStore.read`'s) reads shards itself: every chunk's rows, in slots partly
-    filled, in a slot never written (the fill value), in part of a chunk and across segments, are what Zarr reads,
-    on disk and in an fsspec memory store; a shard whose index is damaged is refused, naming the file."""
+def test_chunk_reader_reads_what_zarr_reads(tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunk reader (training's, and `RayStore.read`'s) reads shards itself: every written chunk's rows, in
+    slots partly filled, in an edge shard (the store ends inside it), in part of a chunk and across segments, are
+    what Zarr reads, on disk and in an fsspec memory store, with its index cache evicting; rows outside one chunk
+    are refused; a slot never written and a shard whose index is damaged are errors naming the file, not zeros."""
+    monkeypatch.setattr(blocks, "READER_INDEXES", 2)
     base = str(tmp_path) if where == "file" else f"memory://reader-{tmp_path.name}"
     path = f"{base}/rays.zarr"
-    create_ray_store(path, 3 * 2048, 512, 2048)
-    first, last = _random_rays(1300, seed=6), _random_rays(2048, seed=7)
-    finish_ray_store(path, [(0, 1300), (4096, 2048)], write_slot(0, [(path, first)]) + write_slot(4096, [(path, last)]))
+    create_ray_store(path, 2 * 2048 + 900, 512, 2048)
+    first, last = _random_rays(1300, seed=6), _random_rays(900, seed=7)
+    finish_ray_store(path, [(0, 1300), (4096, 900)], write_slot(0, [(path, first)]) + write_slot(4096, [(path, last)]))
     store = open_ray_store(path)
     arrays = store.columns()
-    ranges = [(start, start + 512) for start in range(0, 3 * 2048, 512)] + [(4096 + 100, 4096 + 300)]
+    ranges = [(0, 512), (512, 1024), (1024, 1300), (4096, 4608), (4608, 4996), (4196, 4396)]
     reader = store.chunk_reader(["dirs", "image_id", "near_far"])
-    for start, stop in ranges:
+    for start, stop in ranges + ranges[::-1]:
         rows = reader.rows(start, stop)
         assert sorted(rows) == ["dirs", "image_id", "near_far"]
         for name, values in rows.items():
             np.testing.assert_array_equal(values, arrays[name][start:stop], err_msg=f"{name} [{start}, {stop})")
-    assert not reader.rows(2048, 2560)["dirs"].any()  # slot 1: never written
-    for start, stop, rows in [(0, None, [(0, 1300), (4096, 6144)]), (1000, 1500, [(1000, 1300), (4096, 4296)])]:
+    for start, stop, rows in [(0, None, [(0, 1300), (4096, 4996)]), (1000, 1500, [(1000, 1300), (4096, 4296)])]:
         got = store.read(start, stop)  # logical rays, chunk by chunk across the gap between segments
         for name in RAY_COLUMNS:
             expected = np.concatenate([arrays[name][a:b] for a, b in rows])
             np.testing.assert_array_equal(getattr(got, name), expected, err_msg=f"{name} [{start}, {stop})")
-    with pytest.raises(ValueError, match="more than one chunk"):
-        reader.rows(500, 600)
+    for start, stop in [(500, 600), (-5, 0), (4996, 5000)]:
+        with pytest.raises(ValueError, match="not within one chunk"):
+            reader.rows(start, stop)
+    with pytest.raises(InputError, match=r"c\.1\.0.*shard file missing"):
+        reader.rows(2048, 2560)  # slot 1: never written
+    with pytest.raises(InputError, match=r"c\.0\.0.*chunk 3 of the shard was never written"):
+        reader.rows(1536, 2048)  # past slot 0's rays
     fs, root = fsspec.core.url_to_fs(path)
     shard = posixpath.join(root, "dirs", "c.2.0")
     damaged = bytearray(fs.cat_file(shard))
     damaged[-10] ^= 0xFF  # in the index's last entry
     fs.pipe_file(shard, bytes(damaged))
-    with pytest.raises(InputError, match="c.2.0.*index is truncated or corrupt"):
+    with pytest.raises(InputError, match=r"c\.2\.0.*index is truncated or corrupt"):
         store.chunk_reader(["dirs"]).rows(4096, 4608)
 
 

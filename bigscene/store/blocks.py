@@ -505,8 +505,12 @@ class RayStoreWriter:
         if self._written + whole > self.count:
             raise ValueError(f"{self.path}: more rays appended than the {self.count} declared")
         out = buffered.take(slice(0, whole))
-        for chunk in _start_rows(self._written, [(self._columns, out)]):
-            chunk.result()
+        write = SlotWrite(_start_rows(self._written, [(self._columns, out)]), [])
+        try:
+            write.result()
+        except BaseException:
+            write.abandon()  # no chunk of it still written once the error reaches the caller
+            raise
         self._checksum.update(out)
         self._written += whole
         rest = buffered.take(slice(whole, None))
@@ -579,14 +583,20 @@ class RayStore:
         return Rays.concat(parts)
 
 
-#: Shard indexes a ChunkReader keeps (a few kB each: one entry per chunk of a slot).
+#: Shard indexes a ChunkReader keeps: 16 bytes per chunk of a slot each (23 kB for 8 images of 12 MP a batch).
 READER_INDEXES = 1024
+
+#: What a damaged shard gets a reader to do.
+_REPARTITION = "re-run `bigscene partition`"
 
 
 class ChunkReader:
-    """Rows within one chunk of some columns of a ray store, read straight from its shards: one ranged read and one
-    decode per column, each shard's index read once and kept (READER_INDEXES at most). Through Zarr, each read
-    also re-reads and decodes the shard's index, which halved a data worker's throughput."""
+    """Rows within one chunk of some columns of a complete ray store, read straight from its shards: one ranged read
+    and one decode per column, each shard's index read once and kept (READER_INDEXES at most). Through Zarr, each
+    read also re-reads and decodes the shard's index, which halved a data worker's throughput.
+
+    Only written rows are read (`RayStore.pieces`, `RayStore.ranges`), so a missing shard or chunk, a damaged
+    index or a chunk that does not decode is an InputError naming the file, never rows of zeros."""
 
     def __init__(self, path: str, names: Sequence[str]) -> None:
         self.columns = [column for column in _open_columns(path) if column.name in names]
@@ -603,12 +613,11 @@ class ChunkReader:
         path = column.shard_path(shard)
         try:
             raw = column.fs.cat_file(path, start=-(16 * entries + 4))
-        except FileNotFoundError:  # never written: every chunk is the fill value
-            index = np.full((entries, 2), _NO_CHUNK, dtype=np.uint64)
-        else:
-            if len(raw) != 16 * entries + 4 or np.frombuffer(raw[-4:], "<u4")[0] != google_crc32c.value(raw[:-4]):
-                raise InputError(path, "shard index is truncated or corrupt; re-run `bigscene partition`")
-            index = np.frombuffer(raw[:-4], "<u8").reshape(entries, 2).astype(np.uint64)
+        except FileNotFoundError as err:
+            raise InputError(path, f"shard file missing from a complete ray store; {_REPARTITION}") from err
+        if len(raw) != 16 * entries + 4 or np.frombuffer(raw[-4:], "<u4")[0] != google_crc32c.value(raw[:-4]):
+            raise InputError(path, f"shard index is truncated or corrupt; {_REPARTITION}")
+        index = np.frombuffer(raw[:-4], "<u8").reshape(entries, 2).astype(np.uint64)
         self._indexes[key] = index
         if len(self._indexes) > READER_INDEXES:
             self._indexes.popitem(last=False)
@@ -620,16 +629,24 @@ class ChunkReader:
         for column in self.columns:
             shard, row = divmod(start, column.shard)
             chunk, row = divmod(row, column.chunk)
-            if row + stop - start > column.chunk:
-                raise ValueError(f"{column.directory}: rows [{start}, {stop}) span more than one chunk")
+            if not 0 <= start < stop <= column.capacity or row + stop - start > column.chunk:
+                raise ValueError(
+                    f"{column.directory}: rows [{start}, {stop}) are not within one chunk of the store's "
+                    f"{column.capacity} rows"
+                )
             shape, dtype = RAY_COLUMNS[column.name]
+            path = column.shard_path(shard)
             offset, size = (int(v) for v in self._index(column, shard)[chunk])
-            if offset == _NO_CHUNK:  # never written: the fill value
-                values = np.zeros((column.chunk, *shape), dtype)
-            else:
-                data = column.fs.cat_file(column.shard_path(shard), start=offset, end=offset + size)
-                values = np.frombuffer(column.codec.decode(data), dtype.newbyteorder("<")).reshape(-1, *shape)
-            out[column.name] = values[row : row + stop - start].astype(dtype, copy=False)
+            if offset == _NO_CHUNK:
+                raise InputError(path, f"chunk {chunk} of the shard was never written; {_REPARTITION}")
+            data = column.fs.cat_file(path, start=offset, end=offset + size)
+            try:
+                values = np.frombuffer(column.codec.decode(data), dtype.newbyteorder("<"))
+            except RuntimeError as err:  # Blosc's decompression error
+                raise InputError(path, f"chunk {chunk} does not decode ({err}); {_REPARTITION}") from err
+            if len(values) != column.chunk * int(np.prod(shape)):
+                raise InputError(path, f"chunk {chunk} decodes to {len(values)} values; {_REPARTITION}")
+            out[column.name] = values.reshape(-1, *shape)[row : row + stop - start].astype(dtype, copy=False)
         return out
 
 
