@@ -595,8 +595,9 @@ class ChunkReader:
     and one decode per column, each shard's index read once and kept (READER_INDEXES at most). Through Zarr, each
     read also re-reads and decodes the shard's index, which halved a data worker's throughput.
 
-    Only written rows are read (`RayStore.pieces`, `RayStore.ranges`), so a missing shard or chunk, a damaged
-    index or a chunk that does not decode is an InputError naming the file, never rows of zeros."""
+    Only written slots are read (`RayStore.pieces`, `RayStore.ranges`), so a missing shard, a damaged index or a
+    chunk that does not decode is an InputError naming the file, never rows of zeros; a chunk a shard leaves out
+    holds the fill value, as Zarr reads it."""
 
     def __init__(self, path: str, names: Sequence[str]) -> None:
         self.columns = [column for column in _open_columns(path) if column.name in names]
@@ -637,13 +638,14 @@ class ChunkReader:
             shape, dtype = RAY_COLUMNS[column.name]
             path = column.shard_path(shard)
             offset, size = (int(v) for v in self._index(column, shard)[chunk])
-            if offset == _NO_CHUNK:
-                raise InputError(path, f"chunk {chunk} of the shard was never written; {_REPARTITION}")
-            data = column.fs.cat_file(path, start=offset, end=offset + size)
-            try:
-                values = np.frombuffer(column.codec.decode(data), dtype.newbyteorder("<"))
-            except RuntimeError as err:  # Blosc's decompression error
-                raise InputError(path, f"chunk {chunk} does not decode ({err}); {_REPARTITION}") from err
+            if offset == _NO_CHUNK:  # a chunk of the fill value, which Zarr's own writes leave out of a shard
+                values = np.zeros(column.chunk * int(np.prod(shape)), dtype)
+            else:
+                data = column.fs.cat_file(path, start=offset, end=offset + size)
+                try:
+                    values = np.frombuffer(column.codec.decode(data), dtype.newbyteorder("<"))
+                except RuntimeError as err:  # Blosc's decompression error
+                    raise InputError(path, f"chunk {chunk} does not decode ({err}); {_REPARTITION}") from err
             if len(values) != column.chunk * int(np.prod(shape)):
                 raise InputError(path, f"chunk {chunk} decodes to {len(values)} values; {_REPARTITION}")
             out[column.name] = values.reshape(-1, *shape)[row : row + stop - start].astype(dtype, copy=False)
