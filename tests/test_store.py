@@ -1,6 +1,7 @@
 """The workspace scene store: written through bigscene.store, read back identically."""
 
 import posixpath
+import time
 from pathlib import Path
 
 import fsspec
@@ -282,6 +283,28 @@ def test_chunk_reader_reads_what_zarr_reads(tmp_path: Path, where: str, monkeypa
     fs.pipe_file(shard, bytes(damaged))
     with pytest.raises(InputError, match=r"c\.2\.0.*index is truncated or corrupt"):
         store.chunk_reader(["dirs"]).rows(4096, 4608)
+
+
+def test_a_failed_slot_write_reports_once_its_other_chunks_are_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When one chunk of a write fails, `result()` raises its error only after every other chunk has been
+    cancelled or has finished: nothing of the failed write is still being written when the caller hears of it."""
+    path = str(tmp_path / "rays.zarr")
+    create_ray_store(path, 64 * 256, 256, 64 * 256)
+    put = blocks._Shard.put
+
+    def failing_put(self: blocks._Shard, i: int, rows: np.ndarray) -> None:
+        if self.column.name == "origins" and i == 0:
+            raise OSError("disk full, as a test")
+        time.sleep(0.002)
+        put(self, i, rows)
+
+    monkeypatch.setattr(blocks._Shard, "put", failing_put)
+    write = start_slot(0, [(path, _random_rays(64 * 256, seed=9))])
+    with pytest.raises(OSError, match="disk full"):
+        write.result()
+    assert all(chunk.done() for chunk in write.chunks)
 
 
 def test_ray_stores_are_compressed(tmp_path: Path) -> None:

@@ -399,8 +399,14 @@ class SlotWrite:
     checksums: list[str]
 
     def result(self) -> list[str]:
-        for chunk in self.chunks:
-            chunk.result()
+        """Each store's RayChecksum once every chunk is written; if one failed, its error once the others are over
+        (`abandon`): no chunk of a failed write is still being written when the caller hears of it."""
+        try:
+            for chunk in self.chunks:
+                chunk.result()
+        except BaseException:
+            self.abandon()
+            raise
         return self.checksums
 
     def abandon(self) -> None:
@@ -505,12 +511,7 @@ class RayStoreWriter:
         if self._written + whole > self.count:
             raise ValueError(f"{self.path}: more rays appended than the {self.count} declared")
         out = buffered.take(slice(0, whole))
-        write = SlotWrite(_start_rows(self._written, [(self._columns, out)]), [])
-        try:
-            write.result()
-        except BaseException:
-            write.abandon()  # no chunk of it still written once the error reaches the caller
-            raise
+        SlotWrite(_start_rows(self._written, [(self._columns, out)]), []).result()
         self._checksum.update(out)
         self._written += whole
         rest = buffered.take(slice(whole, None))
@@ -636,17 +637,18 @@ class ChunkReader:
                     f"{column.capacity} rows"
                 )
             shape, dtype = RAY_COLUMNS[column.name]
+            whole = column.chunk * int(np.prod(shape))  # values in a chunk
             path = column.shard_path(shard)
             offset, size = (int(v) for v in self._index(column, shard)[chunk])
             if offset == _NO_CHUNK:  # a chunk of the fill value, which Zarr's own writes leave out of a shard
-                values = np.zeros(column.chunk * int(np.prod(shape)), dtype)
+                values = np.zeros(whole, dtype)
             else:
                 data = column.fs.cat_file(path, start=offset, end=offset + size)
                 try:
                     values = np.frombuffer(column.codec.decode(data), dtype.newbyteorder("<"))
                 except RuntimeError as err:  # Blosc's decompression error
                     raise InputError(path, f"chunk {chunk} does not decode ({err}); {_REPARTITION}") from err
-            if len(values) != column.chunk * int(np.prod(shape)):
+            if len(values) != whole:
                 raise InputError(path, f"chunk {chunk} decodes to {len(values)} values; {_REPARTITION}")
             out[column.name] = values.reshape(-1, *shape)[row : row + stop - start].astype(dtype, copy=False)
         return out
