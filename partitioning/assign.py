@@ -28,6 +28,9 @@ from partitioning.voxels import MARCH_STATE, VisibilityGrid, march
 _TINY = np.float32(1e-12)
 #: Consecutive rays sharing one test of which boxes they may cross (a 16 x 16 pixel tile).
 GROUP = 256
+#: Rays one `assign` call takes at most: pairs index them in int32 (half the memory and traffic of int64 for the
+#: tens of millions of pairs a batch holds).
+MAX_RAYS = np.iinfo(np.int32).max
 #: Boxes tested together before one by one: CLUSTER consecutive block ids (part of a row of the layout) under the
 #: box holding them, so that a group of rays, or a sky ray, passes over most blocks of a large layout at once.
 CLUSTER = 8
@@ -48,7 +51,7 @@ class BlockBoxes:
 
 @dataclass
 class Assignment:
-    """M (ray, block) pairs in ray order: ray (M,) int64 indices into the input rays, block (M,) int32,
+    """M (ray, block) pairs in ray order: ray (M,) int32 indices into the input rays, block (M,) int32,
     near_far (M, 2) float32 segment, background (M,) bool (near == far); dropped rays by reason."""
 
     ray: np.ndarray
@@ -60,7 +63,7 @@ class Assignment:
 
 @dataclass(frozen=True)
 class PairBuffers:
-    """Room for `assign`'s (ray, block) pairs: ray (C,) int64, block (C,) int32, near_far (C, 2) float32, background
+    """Room for `assign`'s (ray, block) pairs: ray (C,) int32, block (C,) int32, near_far (C, 2) float32, background
     (C,) bool. The pairs of N rays take about 1.5 N rows and `for_rays` gives 2 N + 16 (more are allocated if
     needed); a caller allocates them where their memory is reused (see `partitioning.tasks`)."""
 
@@ -73,7 +76,7 @@ class PairBuffers:
         """The compiled kernel writes into these unchecked: refuse anything but the layout it expects."""
         capacity = len(self.ray)
         expected = {
-            "ray": (np.int64, ()),
+            "ray": (np.int32, ()),
             "block": (np.int32, ()),
             "near_far": (np.float32, (2,)),
             "background": (np.bool_, ()),
@@ -88,9 +91,12 @@ class PairBuffers:
 
     @classmethod
     def for_rays(cls, n: int) -> PairBuffers:
-        capacity = 2 * n + 16
+        return cls.for_pairs(2 * n + 16)
+
+    @classmethod
+    def for_pairs(cls, capacity: int) -> PairBuffers:
         return cls(
-            np.empty(capacity, np.int64),
+            np.empty(capacity, np.int32),
             np.empty(capacity, np.int32),
             np.empty((capacity, 2), np.float32),
             np.empty(capacity, np.bool_),
@@ -170,6 +176,8 @@ def assign(
 ) -> Assignment:
     """Assign rays origins, dirs (N, 3) float32 (unit dirs) to blocks; see the module docstring. The pairs are
     views into `out` when given and large enough (the numpy fallback allocates its own)."""
+    if len(origins) > MAX_RAYS:
+        raise ValueError(f"assign: {len(origins)} rays in one call; it takes at most {MAX_RAYS} (one image at a time)")
     o = np.ascontiguousarray(origins, dtype=np.float32)
     d = np.ascontiguousarray(dirs, dtype=np.float32)
     args = (
@@ -383,7 +391,7 @@ def _assign(
     background: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
     """`assign` over rays o, d (N, 3) float32 into the pair buffers ray, block, near_far, background (`PairBuffers`,
-    replaced by larger ones when full): ray (M,) int64, block (M,) int32, near_far (M, 2) float32, background (M,)
+    replaced by larger ones when full): ray (M,) int32, block (M,) int32, near_far (M, 2) float32, background (M,)
     bool, and the numbers of invalid and of dropped sky rays."""
     n, num_boxes = len(o), len(outer)
     bounds, footprints, clusters = (
@@ -438,7 +446,7 @@ def _assign(
             _slab_lanes(outer[b], ground[b], ox, oy, oz, ix, iy, iz, dz, size, t0s[i], t1s[i], crosses[i])
         if m + size * max(c, 1) > capacity:  # a ray gives at most one pair per candidate, or one sky pair
             capacity = 2 * capacity + size * max(c, 1)
-            ray = np.concatenate((ray, np.empty(capacity - len(ray), dtype=np.int64)))
+            ray = np.concatenate((ray, np.empty(capacity - len(ray), dtype=np.int32)))
             block = np.concatenate((block, np.empty(capacity - len(block), dtype=np.int32)))
             near_far = np.concatenate((near_far, np.empty((capacity - len(near_far), 2), dtype=np.float32)))
             background = np.concatenate((background, np.empty(capacity - len(background), dtype=np.bool_)))

@@ -113,7 +113,7 @@ def assign_arrays(
     keep_sky: bool,
     group: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
-    """`partitioning.assign._assign`: ray (M,) int64, block (M,) int32, near_far (M, 2) float32, background
+    """`partitioning.assign._assign`: ray (M,) int32, block (M,) int32, near_far (M, 2) float32, background
     (M,) bool, the numbers of invalid and of dropped sky rays; pairs in (ray, block) order."""
     ray, block, near_far, background = [], [], [], []
     invalid = dropped_sky = 0
@@ -138,7 +138,7 @@ def assign_arrays(
             block.append(sky_block)
             near_far.append(np.stack([sky_t, sky_t], axis=-1))
             background.append(np.ones(sky.size, dtype=bool))
-    ray_all = np.concatenate([np.zeros(0, np.int64), *ray])
+    ray_all = np.concatenate([np.zeros(0, np.int32), *ray]).astype(np.int32)
     block_all = np.concatenate([np.zeros(0, np.int32), *block]).astype(np.int32)
     order = np.lexsort((block_all, ray_all))
     return (

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bigscene.store.blocks import RAY_COLUMNS, Rays
+from partitioning.buffers import Pool
 from partitioning.compiled import COMPILED, jit
 
 #: Buffers `BatchLayout.lay_out` fills in turn: a range's rays are written while the next range is laid out.
@@ -44,10 +45,18 @@ def run_starts(count: int, rng: np.random.Generator) -> np.ndarray:
     return starts
 
 
+def _allocate_rays(count: int) -> Rays:
+    return Rays(**{name: np.empty((count, *shape), dtype) for name, (shape, dtype) in RAY_COLUMNS.items()})
+
+
+#: Each process's layout buffers, reused by its next batch (see `partitioning.buffers`).
+_LAYOUT_BUFFERS: Pool[Rays] = Pool(_allocate_rays, len)
+
+
 @dataclass
 class ImageRays:
     """One image's rays and their assignment: origin (3,) float32 (the camera centre, every ray's origin), dirs
-    (N, 3) float32, rgb (N, 3) uint8, pixel (N, 2) uint16, and the M (ray, block) pairs ray (M,) int64, block (M,)
+    (N, 3) float32, rgb (N, 3) uint8, pixel (N, 2) uint16, and the M (ray, block) pairs ray (M,) int32, block (M,)
     int32, near_far (M, 2) float32, in ray order."""
 
     image_id: int
@@ -63,7 +72,8 @@ class ImageRays:
 class BatchLayout:
     """Where one batch's rays go: each block's rays of `images` in batch order, shuffled by `shuffle_order` with a
     generator seeded by seeds[block]. `lay_out` copies the rays of a range of blocks into one of LAYOUT_BUFFERS
-    buffers reused in turn, so a task holds a few ranges' rays at a time rather than the whole batch's twice. Each
+    buffers reused in turn, so a task holds a few ranges' rays at a time rather than the whole batch's twice; `release`
+    gives them back for the next batch. Each
     image's pairs are grouped by block once (a counting sort), so a range visits only its own pairs, and a block's
     copies read its rays and write its rows front to back."""
 
@@ -84,8 +94,13 @@ class BatchLayout:
         ]
         self.first_run = np.concatenate([[0], np.cumsum([len(s) for s in starts])])  # block b's runs start here
         self.starts = np.concatenate(starts).astype(np.int64)  # (runs,) output row of each run, all blocks
-        self._buffers = [Rays.empty() for _ in range(LAYOUT_BUFFERS)]
+        self._buffers: list[Rays | None] = [None] * LAYOUT_BUFFERS
         self._turn = 0
+
+    def release(self) -> None:
+        """Give the buffers back for the process's next batch: no ray `lay_out` returned is read after this."""
+        _LAYOUT_BUFFERS.give(buffer for buffer in self._buffers if buffer is not None)
+        self._buffers = [None] * LAYOUT_BUFFERS
 
     def ranges(self, max_rays: int) -> list[tuple[int, int]]:
         """Consecutive block ranges [lo, hi) of at most max_rays rays each (or one block, if it holds more)."""
@@ -101,11 +116,11 @@ class BatchLayout:
         until LAYOUT_BUFFERS more calls."""
         base, total = int(self.offsets[lo]), int(self.offsets[hi] - self.offsets[lo])
         turn, self._turn = self._turn, (self._turn + 1) % LAYOUT_BUFFERS
-        if len(self._buffers[turn]) < total:
-            self._buffers[turn] = Rays(
-                **{name: np.empty((total, *shape), dtype) for name, (shape, dtype) in RAY_COLUMNS.items()}
-            )
         out = self._buffers[turn]
+        if out is None or len(out) < total:
+            if out is not None:
+                _LAYOUT_BUFFERS.give([out])
+            out = self._buffers[turn] = _LAYOUT_BUFFERS.take(total)
         for k, image in enumerate(self.images):
             if not COMPILED:
                 _scatter_numpy(self, k, lo, hi, base, out)

@@ -30,7 +30,8 @@ from bigscene.scene.cameras import Camera
 from bigscene.scene.images import load_image
 from bigscene.store.blocks import SlotWrite, batch_marker_path, rays_path, start_slot
 from bigscene.store.workspace import join, write_json_atomic
-from partitioning.assign import Assignment, BlockBoxes, PairBuffers, assign, tile_order
+from partitioning.assign import GROUP, Assignment, BlockBoxes, PairBuffers, assign, tile_order
+from partitioning.buffers import Pool
 from partitioning.camera_rays import image_rays
 from partitioning.compiled import COMPILED
 from partitioning.heap import keep_freed_memory
@@ -89,25 +90,33 @@ class Plan:
     fault: str = ""  # FAULT_ENV as read by the driver
 
 
-@dataclass(frozen=True)
+@dataclass
 class _ImageBuffers:
-    """What reading one image of N pixels fills and the batch keeps: rgb (N, 3) uint8, dirs (N, 3) float32 and the
-    image's pairs.
-
-    The task's own thread allocates them, so that the next batch reuses their memory (`keep_freed_memory`):
-    glibc (2.36) unmaps any emptied heap of a reader thread's arena but its first, whatever the trim threshold, and
-    reader threads allocating them faulted about 900 MB in afresh per 16 images of 1.2 MP (0.4 s of a 3 s run).
-    What a reader frees as it goes (the decoded image, the origins) stays in its first heap.
-    """
+    """What reading an image of up to N pixels fills and its batch keeps: rgb (N, 3) uint8, dirs (N, 3) float32, and
+    room for its pairs (with numba). They come from `_IMAGE_BUFFERS` on the task's thread and go back when the batch is
+    written, so that every batch of a process reuses the same memory (see `partitioning.buffers`)."""
 
     rgb: np.ndarray
     dirs: np.ndarray
     pairs: PairBuffers | None
+    #: Room the largest image read into these buffers needed for its pairs (the kernel allocated its own where that
+    #: outgrew `pairs`).
+    pairs_needed: int = 0
 
     @classmethod
     def for_pixels(cls, n: int) -> _ImageBuffers:
         pairs = PairBuffers.for_rays(n) if COMPILED else None  # the numpy fallback makes its own
         return cls(np.empty((n, 3), np.uint8), np.empty((n, 3), np.float32), pairs)
+
+    def fit_pairs(self, needed: int) -> None:
+        """Make room for an eighth more than `needed` pairs if `pairs` holds fewer: allocated on the task's thread,
+        like the rest (a reader thread's arena gives large arrays back to the kernel)."""
+        if self.pairs is not None and needed > len(self.pairs.ray):
+            self.pairs = PairBuffers.for_pairs(needed + needed // 8)
+
+
+#: Each process's image buffers, reused by its next batch.
+_IMAGE_BUFFERS: Pool[_ImageBuffers] = Pool(_ImageBuffers.for_pixels, lambda buffers: len(buffers.rgb))
 
 
 def _assign(
@@ -118,9 +127,13 @@ def _assign(
     if buffers is None:
         rays, pairs = None, None
     else:
-        rays, pairs = (np.empty((len(pixels), 3), np.float32), buffers.dirs), buffers.pairs
+        origins = np.empty((len(pixels), 3), np.float32)  # dropped once assigned: a reader's first heap reuses it
+        rays, pairs = (origins, buffers.dirs[: len(pixels)]), buffers.pairs
     origins, dirs = image_rays(job.camera, job.c2w, pixels, rays)
-    return origins, dirs, assign(origins, dirs, plan.boxes, plan.grid, plan.visibility_margin, plan.sky, pairs)
+    found = assign(origins, dirs, plan.boxes, plan.grid, plan.visibility_margin, plan.sky, pairs)
+    if buffers is not None:  # the kernel makes room unless a group of rays may add a pair per box
+        buffers.pairs_needed = max(buffers.pairs_needed, len(found.ray) + GROUP * len(plan.boxes))
+    return origins, dirs, found
 
 
 def probe_batch(batch: BatchJob, plan: Plan) -> list[int]:
@@ -165,10 +178,11 @@ def _read_image(
     (`_tiled_pixels`) with their (ray, block) pairs, and the assignment they come from. InputError if the image is
     missing, corrupt or of the wrong size."""
     pixels = _load(job, plan).reshape(-1).view("V3")  # (H*W,) 3-byte items: gathered 4x faster than (H*W, 3) rows
-    pixels.take(order, out=buffers.rgb.view("V3").reshape(-1), mode="clip")  # tile order; "clip": not via a copy
+    rgb = buffers.rgb[: len(order)]
+    pixels.take(order, out=rgb.view("V3").reshape(-1), mode="clip")  # tile order; "clip": not via a copy
     origins, dirs, found = _assign(job, pixel, plan, buffers)
     origin = origins[0].copy()  # every ray's: the camera centre
-    return ImageRays(job.index, origin, dirs, buffers.rgb, pixel, found.ray, found.block, found.near_far), found
+    return ImageRays(job.index, origin, dirs, rgb, pixel, found.ray, found.block, found.near_far), found
 
 
 #: Threads per process that read and assign a batch's images (decoding and the compiled kernels release the GIL):
@@ -182,15 +196,30 @@ def _image_readers() -> ThreadPoolExecutor:
 
 
 @contextmanager
-def _reading(jobs: Sequence[ImageJob], plan: Plan) -> Iterator[list[Future]]:
-    """`_read_image` of each job under way, IMAGE_READERS at a time, in batch order; when the block exits (a bad
-    image that fails the task), the images not yet begun are cancelled and those begun waited for."""
+def _image_buffers() -> Iterator[list[_ImageBuffers]]:
+    """A list for the image buffers a batch takes from `_IMAGE_BUFFERS` (see `_reading`), given back when the block
+    exits (by then nothing reads them), each with room for the pairs of the batch's largest image."""
+    taken: list[_ImageBuffers] = []
+    try:
+        yield taken
+    finally:
+        needed = max((buffers.pairs_needed for buffers in taken), default=0)
+        for buffers in taken:
+            buffers.fit_pairs(needed)
+        _IMAGE_BUFFERS.give(taken)
+
+
+@contextmanager
+def _reading(jobs: Sequence[ImageJob], plan: Plan, taken: list[_ImageBuffers]) -> Iterator[list[Future]]:
+    """`_read_image` of each job under way, IMAGE_READERS at a time, in batch order, into buffers it adds to `taken`;
+    when the block exits (a bad image that fails the task), the images not yet begun are cancelled and those begun
+    waited for."""
     reading: list[Future] = []
     try:
-        for job in jobs:  # each size's tiles found once, and every image's buffers allocated, on this thread
+        for job in jobs:  # each size's tiles found once, and every image's buffers taken, on this thread
             tiles = _tiled_pixels(job.camera.width, job.camera.height)
-            buffers = _ImageBuffers.for_pixels(job.camera.width * job.camera.height)
-            reading.append(_image_readers().submit(_read_image, job, plan, *tiles, buffers))
+            taken.append(_IMAGE_BUFFERS.take(job.camera.width * job.camera.height))
+            reading.append(_image_readers().submit(_read_image, job, plan, *tiles, taken[-1]))
         yield reading
     finally:
         for future in reading:
@@ -198,39 +227,81 @@ def _reading(jobs: Sequence[ImageJob], plan: Plan) -> Iterator[list[Future]]:
         futures.wait(reading)  # no reader of this task still running once it fails (a retry may follow at once)
 
 
+@dataclass
+class _BatchRead:
+    """A batch's images read and assigned (those that could be read), and their tallies."""
+
+    images: list[ImageRays]
+    pixels: int
+    assigned_pixels: int
+    dropped: dict[str, int]
+    skipped: list[str]
+    background: np.ndarray  # (B,) int64 background rays per block
+
+
 def write_batch(batch: BatchJob, plan: Plan) -> dict:
     """Read, assign and write one batch; returns (and records in the workspace) the batch's marker."""
     keep_freed_memory()
     num_blocks = len(plan.block_ids)
-    images: list[ImageRays] = []
-    background = np.zeros(num_blocks, dtype=np.int64)
-    dropped = {"bad_image": 0, "invalid_ray": 0, "sky": 0}
-    pixels_total = assigned_pixels = 0
-    skipped: list[str] = []
-    with _reading(batch.images, plan) as reading:
+    with _image_buffers() as taken:
+        read = _read_batch(batch, plan, taken)
+        layout = BatchLayout(read.images, num_blocks, [[plan.seed, batch.index, b] for b in range(num_blocks)])
+        try:
+            rays_written, checksums = _write_layout(batch, plan, layout)
+        finally:
+            layout.release()
+    block_images = [
+        [image.image_id for image, n in zip(read.images, column, strict=True) if n] for column in layout.image_counts.T
+    ]
+    _inject_fault(plan, batch.index, midway=False)
+    marker = {
+        "batch": batch.index,
+        "slot": batch.slot,
+        "images": [job.index for job in batch.images],
+        "pixels": read.pixels,
+        "assigned_pixels": read.assigned_pixels,
+        "dropped": read.dropped,
+        "skipped_images": read.skipped,
+        "rays": rays_written,
+        "checksums": checksums,
+        "background": {plan.block_ids[b]: int(n) for b, n in enumerate(read.background) if n},
+        "block_images": {plan.block_ids[b]: ims for b, ims in enumerate(block_images) if ims},
+    }
+    write_json_atomic(batch_marker_path(plan.workspace, batch.index), marker)
+    return marker
+
+
+def _read_batch(batch: BatchJob, plan: Plan, taken: list[_ImageBuffers]) -> _BatchRead:
+    """Read and assign the batch's images into buffers added to `taken`; a bad image fails the batch, or is skipped
+    and counted with `skip_bad_images`."""
+    num_blocks = len(plan.block_ids)
+    read = _BatchRead([], 0, 0, {"bad_image": 0, "invalid_ray": 0, "sky": 0}, [], np.zeros(num_blocks, np.int64))
+    with _reading(batch.images, plan, taken) as reading:
         for job, future in zip(batch.images, reading, strict=True):
             count = job.camera.width * job.camera.height
-            pixels_total += count
+            read.pixels += count
             try:
                 image, found = future.result()
             except InputError as err:
                 if not plan.skip_bad_images:
                     raise
                 log.warning("skipping %s", err)
-                dropped["bad_image"] += count
-                skipped.append(job.path)
+                read.dropped["bad_image"] += count
+                read.skipped.append(job.path)
                 continue
             for reason, n in found.dropped.items():
-                dropped[reason] += n
+                read.dropped[reason] += n
             distinct = np.count_nonzero(found.ray[1:] != found.ray[:-1]) + bool(len(found.ray))  # pairs in ray order
-            assigned_pixels += int(distinct)
-            background += np.bincount(found.block[found.background], minlength=num_blocks)
-            images.append(image)
+            read.assigned_pixels += int(distinct)
+            read.background += np.bincount(found.block[found.background], minlength=num_blocks)
+            read.images.append(image)
+    return read
 
-    layout = BatchLayout(images, num_blocks, [[plan.seed, batch.index, b] for b in range(num_blocks)])
-    block_images = [
-        [image.image_id for image, n in zip(images, column, strict=True) if n] for column in layout.image_counts.T
-    ]
+
+def _write_layout(batch: BatchJob, plan: Plan, layout: BatchLayout) -> tuple[dict[str, int], dict[str, str]]:
+    """Lay the batch's rays out range by range and write them to its slot of each block's store, a range's chunks
+    compressed while the next range is laid out; returns each block's ray count and checksum. On failure, no
+    write of the batch is still running when the error leaves."""
     rays_written, checksums = {}, {}
     writing: deque[tuple[list[str], SlotWrite]] = deque()  # ranges whose chunks are being written, oldest first
     try:
@@ -249,22 +320,7 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
         for _, write in writing:
             write.abandon()
         raise
-    _inject_fault(plan, batch.index, midway=False)
-    marker = {
-        "batch": batch.index,
-        "slot": batch.slot,
-        "images": [job.index for job in batch.images],
-        "pixels": pixels_total,
-        "assigned_pixels": assigned_pixels,
-        "dropped": dropped,
-        "skipped_images": skipped,
-        "rays": rays_written,
-        "checksums": checksums,
-        "background": {plan.block_ids[b]: int(n) for b, n in enumerate(background) if n},
-        "block_images": {plan.block_ids[b]: ims for b, ims in enumerate(block_images) if ims},
-    }
-    write_json_atomic(batch_marker_path(plan.workspace, batch.index), marker)
-    return marker
+    return rays_written, checksums
 
 
 def _finish_write(writing: deque[tuple[list[str], SlotWrite]], checksums: dict[str, str]) -> None:

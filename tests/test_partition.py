@@ -5,6 +5,7 @@ Real local Ray (2 CPUs) and real Zarr stores; the inline engine where the engine
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ from bigscene.store.blocks import (
     read_voxels,
     store_checksum,
 )
+from partitioning import assign as assign_module
 from partitioning import camera_rays, mapplot, numpy_kernels, run_partition, shuffle, tasks
 from partitioning.assign import (
     GROUP,
@@ -49,6 +51,7 @@ from partitioning.assign import (
     slab,
     tile_order,
 )
+from partitioning.buffers import Pool
 from partitioning.layout import XStrips, grid_cells, kd_cells, make_blocks, order_cells
 from partitioning.tasks import FAULT_DIR, FAULT_ENV
 from partitioning.voxels import Lattice, VisibilityGrid, visibility_grid
@@ -593,6 +596,61 @@ def test_a_run_left_by_an_older_schema_is_planned_again(
 # bad input
 
 
+def test_buffer_pool_gives_the_smallest_fitting_buffer_and_holds_no_more_than_were_in_use() -> None:
+    allocated = []
+
+    def allocate(size: int) -> np.ndarray:
+        allocated.append(size)
+        return np.empty(size)
+
+    pool = Pool(allocate, len)
+    first = [pool.take(n) for n in (10, 30, 20)]
+    pool.give(first)
+    assert len(pool.take(15)) == 20 and len(pool.take(5)) == 10  # the smallest that holds the request
+    assert pool.take(30) is first[1] and allocated == [10, 30, 20]
+    pool.give(first)
+    bigger = pool.take(40)  # none holds 40: the largest free buffer makes way for a new one
+    assert len(bigger) == 40 and allocated[-1] == 40 and len(pool) == 2
+    pool.give([bigger])
+    assert len(pool) == 3  # as many as were in use at once
+
+
+def test_batches_reuse_their_buffers_and_pair_buffers_grow_once(
+    city: Path, inline_run: tuple[str, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process's batches read their images into the same buffers and lay their rays out in the same buffers;
+    pair buffers too small for an image (the kernel then allocated its own) are enlarged once, for the next batch.
+    The stores are those of a run without reuse."""
+    allocated: list[int] = []
+
+    def allocate_small_pairs(n: int) -> tasks._ImageBuffers:  # room for few pairs: every first image outgrows it
+        allocated.append(n)
+        buffers = tasks._ImageBuffers.for_pixels(n)
+        return dataclasses.replace(buffers, pairs=PairBuffers.for_pairs(16))
+
+    images, layouts = Pool(allocate_small_pairs, lambda b: len(b.rgb)), Pool(shuffle._allocate_rays, len)
+    monkeypatch.setattr(tasks, "_IMAGE_BUFFERS", images)
+    monkeypatch.setattr(shuffle, "_LAYOUT_BUFFERS", layouts)
+    read = tasks._read_image
+    pairs, grown = [], []
+
+    def read_image(job, plan, order, pixel, buffers):  # noqa: ANN001, ANN202 (tasks._read_image's)
+        image, found = read(job, plan, order, pixel, buffers)
+        pairs.append(len(found.ray))
+        grown.append(not np.shares_memory(found.ray, buffers.pairs.ray))  # the kernel allocated the pairs
+        return image, found
+
+    monkeypatch.setattr(tasks, "_read_image", read_image)
+    ws = copy_city(city, tmp_path / "ws")
+    summary = run_partition(ws, config())
+    per_task = 3  # OVERRIDES' images_per_task
+    assert len(pairs) == 15 and len(allocated) == per_task and len(images) == per_task  # later batches reused them
+    assert sum(grown) <= per_task + 1 < len(grown)  # each batch's buffers then hold the largest image's pairs
+    assert all(len(buffers.pairs.ray) >= max(pairs) for buffers in images._free)
+    assert 1 <= len(layouts) <= shuffle.LAYOUT_BUFFERS
+    assert summary["checksum"] == inline_run[1]["checksum"] and summary["rays"] == inline_run[1]["rays"]
+
+
 def test_a_bad_image_fails_its_task_once_the_other_readers_stop(
     city: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -617,7 +675,11 @@ def test_a_bad_image_fails_its_task_once_the_other_readers_stop(
     assert len(started) < 6  # images queued behind them were cancelled
     pairs = PairBuffers.for_rays(10)
     with pytest.raises(ValueError, match="PairBuffers.block"):
-        PairBuffers(pairs.ray, pairs.ray, pairs.near_far, pairs.background)  # the kernel writes into them unchecked
+        PairBuffers(pairs.ray, pairs.background, pairs.near_far, pairs.background)  # the kernel writes unchecked
+    monkeypatch.setattr(assign_module, "MAX_RAYS", 8)  # pairs index rays in int32
+    with pytest.raises(ValueError, match="one image at a time"):
+        boxes, grid = city_layout()
+        assign(np.zeros((16, 3), np.float32), np.ones((16, 3), np.float32), boxes, grid, 0.1)
     with pytest.raises(ValueError, match="out arrays"):
         float64 = (np.zeros((16, 3)), np.zeros((16, 3)))
         camera_rays.image_rays(Camera.pinhole(4.0, 4.0, 2.0, 2.0, 4, 4), np.eye(4), np.zeros((16, 2)), float64)
