@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import fsspec
+import google_crc32c
 import numpy as np
 import pytest
 import zarr
@@ -15,7 +16,9 @@ from bigscene.scene import Camera, ImageRecord, Scene, SparsePoints
 from bigscene.store import SCHEMA_VERSION, blocks, has_scene, read_scene, scene_path, write_scene
 from bigscene.store.blocks import (
     RAY_COLUMNS,
+    RayChecksum,
     Rays,
+    RayStoreWriter,
     create_ray_store,
     create_ray_stores,
     finish_ray_store,
@@ -25,9 +28,11 @@ from bigscene.store.blocks import (
     read_rays,
     read_voxels,
     start_slot,
+    store_checksum,
     write_slot,
     write_voxel_stores,
 )
+from bigscene.store.crc import crc32c_combine
 
 
 def make_scene(num_images: int = 5, num_points: int = 50, seed: int = 0) -> Scene:
@@ -226,6 +231,36 @@ def test_a_slot_is_not_written_into_a_store_of_other_codecs(tmp_path: Path, shar
     assert _stored_files(path) == before
 
 
+def test_writes_checksum_their_chunks_as_ray_checksum_does(tmp_path: Path) -> None:
+    """A slot write's checksums (combined from the CRC32Cs its threads take of each chunk) and RayStoreWriter's are
+    RayChecksum's over the same rays, whatever the chunks and however the rays are fed; a changed byte changes them."""
+    rays = _random_rays(1300, seed=11)
+    digest = RayChecksum()
+    for lo, hi in [(0, 100), (100, 612), (612, 613), (613, 1300)]:
+        digest.update(rays.take(slice(lo, hi)))
+    for chunk in (256, 128, 2048):
+        path = str(tmp_path / f"slot{chunk}.zarr")
+        create_ray_store(path, 2048, chunk, 2048)
+        assert write_slot(0, [(path, rays)]) == [digest.hexdigest()], chunk
+    writer = RayStoreWriter(str(tmp_path / "streamed.zarr"), len(rays), 256)
+    writer.append(rays.take(slice(0, 700)))
+    writer.append(rays.take(slice(700, None)))
+    assert writer.close() == store_checksum([digest.hexdigest()])
+    changed = rays.take(np.arange(len(rays)))  # a copy
+    changed.rgb[5, 0] ^= 1
+    path = str(tmp_path / "changed.zarr")
+    create_ray_store(path, 2048, 256, 2048)
+    assert write_slot(0, [(path, changed)]) != [digest.hexdigest()]
+
+
+def test_crc32c_combine_gives_the_crc32c_of_the_concatenation() -> None:
+    rng = np.random.default_rng(12)
+    for first, second in [(0, 0), (5, 0), (0, 7), (1, 1), (1000, 65536 * 12), (333, 4097), (65536 * 3, 12345)]:
+        a, b = rng.bytes(first), rng.bytes(second)
+        combined = crc32c_combine(google_crc32c.value(a), google_crc32c.value(b), len(b))
+        assert combined == google_crc32c.value(a + b), (first, second)
+
+
 def test_an_abandoned_slot_write_is_over_and_a_rewrite_reads_back(tmp_path: Path) -> None:
     """A failed task abandons its writes under way: when abandon() returns, no chunk of it is still being written
     (none can land after the retry's), and the retry's rewrite of the slot reads back exactly."""
@@ -233,7 +268,7 @@ def test_an_abandoned_slot_write_is_over_and_a_rewrite_reads_back(tmp_path: Path
     create_ray_store(path, 64 * 256, 256, 64 * 256)
     write = start_slot(0, [(path, _random_rays(64 * 256, seed=3))])
     write.abandon()
-    assert len(write.chunks) == 64 * len(RAY_COLUMNS)
+    assert len(write.chunks) == 64  # a job per chunk, every column
     assert all(chunk.done() for chunk in write.chunks)
     rays = _random_rays(64 * 256, seed=8)  # the retry's rays differ: a late write of the first would show
     finish_ray_store(path, [(0, len(rays))], write_slot(0, [(path, rays)]))

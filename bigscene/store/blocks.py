@@ -52,6 +52,7 @@ from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.storage import MemoryStore
 
 from bigscene.errors import InputError
+from bigscene.store.crc import crc32c_combine
 from bigscene.store.workspace import join, write_json_atomic
 
 if google_crc32c.implementation != "c":
@@ -122,9 +123,16 @@ class Rays:
 CHECKSUM_SCHEME = "crc32c-columns"
 
 
+def _digest(crcs: dict[str, int], nbytes: dict[str, int]) -> str:
+    """SHA-256 of each column's CRC32C and byte count."""
+    record = ";".join(f"{name}:{crcs[name]:08x}:{nbytes[name]}" for name in RAY_COLUMNS)
+    return hashlib.sha256(record.encode()).hexdigest()
+
+
 class RayChecksum:
     """CRC32C of each column's bytes in ray order (hardware-accelerated, several GB/s), combined with the byte
-    counts by SHA-256: equal stores have equal checksums, and a re-run that writes different rays is caught."""
+    counts by SHA-256: equal stores have equal checksums, and a re-run that writes different rays is caught.
+    Writes get the same digest from the CRC32Cs their threads take of each chunk (`SlotWrite.result`)."""
 
     def __init__(self) -> None:
         self._crc = dict.fromkeys(RAY_COLUMNS, 0)
@@ -137,8 +145,7 @@ class RayChecksum:
             self._bytes[name] += column.nbytes
 
     def hexdigest(self) -> str:
-        record = ";".join(f"{name}:{self._crc[name]:08x}:{self._bytes[name]}" for name in RAY_COLUMNS)
-        return hashlib.sha256(record.encode()).hexdigest()
+        return _digest(self._crc, self._bytes)
 
 
 def block_dir(workspace: str, block_id: str) -> str:
@@ -370,44 +377,66 @@ def _chunk_writers() -> ThreadPoolExecutor:
 
 def _start_rows(start: int, stores: Sequence[tuple[Sequence[_Column], Rays]]) -> list[Future]:
     """Start writing each (columns, rays) pair's rays to the store's rows [start, start + N), whole shards from a
-    shard boundary, one file per column and shard, their chunks encoded on CHUNK_WRITERS threads; the rays must
-    not change until the futures (one per chunk) are done."""
+    shard boundary, one file per column and shard, on CHUNK_WRITERS threads: a job per chunk of rows checksums and
+    encodes that chunk of every column (`_put_chunk`; the futures give each column's CRC32C and length, in
+    RAY_COLUMNS order). The rays must not change until the futures are done."""
     jobs = []
     for columns, rays in stores:
-        shard, capacity = columns[0].shard, columns[0].capacity
+        shard, capacity, chunk = columns[0].shard, columns[0].capacity, columns[0].chunk
         if start % shard or start + len(rays) > capacity:
             raise ValueError(
                 f"{posixpath.dirname(columns[0].directory)}: cannot write {len(rays)} rays from row {start}: a write "
                 f"starts on a shard boundary ({shard} rows) and ends within the store's {capacity} rows"
             )
-        for column in columns:
-            values = getattr(rays, column.name)
-            for first in range(0, len(rays), shard):
-                rows = values[first : first + shard]
-                target = _Shard(column, (start + first) // shard, -(-len(rows) // column.chunk))
-                jobs += [
-                    (target, i, rows[j : j + column.chunk]) for i, j in enumerate(range(0, len(rows), column.chunk))
-                ]
-    return [_chunk_writers().submit(target.put, i, rows) for target, i, rows in jobs]
+        values = [getattr(rays, column.name) for column in columns]
+        for first in range(0, len(rays), shard):
+            rows = min(shard, len(rays) - first)
+            shards = [_Shard(column, (start + first) // shard, -(-rows // chunk)) for column in columns]
+            for i, row in enumerate(range(first, first + rows, chunk)):
+                stop = min(row + chunk, first + rows)
+                jobs.append((shards, i, [column[row:stop] for column in values]))
+    return [_chunk_writers().submit(_put_chunk, shards, i, parts) for shards, i, parts in jobs]
+
+
+def _put_chunk(shards: Sequence[_Shard], i: int, parts: Sequence[np.ndarray]) -> list[tuple[int, int]]:
+    """Each part's CRC32C and length in bytes, once it is encoded as its shard's i-th chunk (the checksum brings the
+    chunk into the cache the compressor then reads it from)."""
+    out = []
+    for shard, part in zip(shards, parts, strict=True):
+        part = np.ascontiguousarray(part)
+        out.append((google_crc32c.value(part), part.nbytes))
+        shard.put(i, part)
+    return out
 
 
 @dataclass
 class SlotWrite:
-    """A `start_slot` write under way: `result()` waits for its chunks and returns each store's RayChecksum."""
+    """A `start_slot` write under way: `result()` waits for its chunks and returns each store's RayChecksum, from
+    the CRC32Cs its chunk jobs took (`stores`: each store's first job, job count and bytes per column)."""
 
     chunks: list[Future]
-    checksums: list[str]
+    stores: list[tuple[int, int, dict[str, int]]]
 
     def result(self) -> list[str]:
         """Each store's RayChecksum once every chunk is written; if one failed, its error once the others are over
         (`abandon`): no chunk of a failed write is still being written when the caller hears of it."""
+        return [_digest(crcs, nbytes) for crcs, (_, _, nbytes) in zip(self.store_crcs(), self.stores, strict=True)]
+
+    def store_crcs(self) -> list[dict[str, int]]:
+        """Each store's CRC32C per column, of its rays in order, once every chunk is written (errors as `result`)."""
         try:
-            for chunk in self.chunks:
-                chunk.result()
+            chunk_crcs = [chunk.result() for chunk in self.chunks]  # per job: each column's (CRC32C, bytes)
         except BaseException:
             self.abandon()
             raise
-        return self.checksums
+        out = []
+        for first, count, _ in self.stores:
+            crcs = dict.fromkeys(RAY_COLUMNS, 0)
+            for job in chunk_crcs[first : first + count]:
+                for name, (crc, length) in zip(RAY_COLUMNS, job, strict=True):
+                    crcs[name] = crc32c_combine(crcs[name], crc, length)
+            out.append(crcs)
+        return out
 
     def abandon(self) -> None:
         """Cancel the chunks not begun and wait for the others, errors ignored: a failed task's writes must not
@@ -422,18 +451,21 @@ def start_slot(start: int, stores: Sequence[tuple[str, Rays]]) -> SlotWrite:
     change until the write's `result()` returns. The stores come from `create_ray_store`; `start` is a shard
     boundary.
 
-    The chunks are encoded with each column's codecs on a thread pool, and each shard written as Zarr lays it out:
-    through Zarr's own write path, its per-chunk overhead took four times what compressing and writing the chunks
-    does. A shard file is written in place: a killed attempt leaves it only in its own slot, unread until a retry
-    rewrites the slot.
+    The chunks are checksummed and encoded with each column's codecs on a thread pool, and each shard written as
+    Zarr lays it out: through Zarr's own write path, its per-chunk overhead took four times what compressing and
+    writing the chunks does. A shard file is written in place: a killed attempt leaves it only in its own slot,
+    unread until a retry rewrites the slot.
     """
-    chunks = _start_rows(start, [(_open_columns(path), rays) for path, rays in stores])
-    checksums = []
-    for _, rays in stores:  # while the chunks are written
-        digest = RayChecksum()
-        digest.update(rays)
-        checksums.append(digest.hexdigest())
-    return SlotWrite(chunks, checksums)
+    return _write_rows(start, [(_open_columns(path), rays) for path, rays in stores])
+
+
+def _write_rows(start: int, stores: Sequence[tuple[Sequence[_Column], Rays]]) -> SlotWrite:
+    """`_start_rows`, as a SlotWrite."""
+    chunks = _start_rows(start, stores)
+    counts = [-(-len(rays) // columns[0].chunk) for columns, rays in stores]  # chunk jobs per store
+    firsts = np.cumsum([0, *counts[:-1]], dtype=np.int64)
+    nbytes = [{name: getattr(rays, name).nbytes for name in RAY_COLUMNS} for _, rays in stores]
+    return SlotWrite(chunks, [(int(f), n, b) for f, n, b in zip(firsts, counts, nbytes, strict=True)])
 
 
 def write_slot(start: int, stores: Sequence[tuple[str, Rays]]) -> list[str]:
@@ -497,7 +529,8 @@ class RayStoreWriter:
         self._pending: list[Rays] = []
         self._pending_len = 0
         self._written = 0
-        self._checksum = RayChecksum()
+        self._crcs = dict.fromkeys(RAY_COLUMNS, 0)
+        self._bytes = dict.fromkeys(RAY_COLUMNS, 0)
 
     def append(self, rays: Rays) -> None:
         self._pending.append(rays)
@@ -511,8 +544,11 @@ class RayStoreWriter:
         if self._written + whole > self.count:
             raise ValueError(f"{self.path}: more rays appended than the {self.count} declared")
         out = buffered.take(slice(0, whole))
-        SlotWrite(_start_rows(self._written, [(self._columns, out)]), []).result()
-        self._checksum.update(out)
+        crcs = _write_rows(self._written, [(self._columns, out)]).store_crcs()[0]
+        for name in RAY_COLUMNS:
+            nbytes = getattr(out, name).nbytes
+            self._crcs[name] = crc32c_combine(self._crcs[name], crcs[name], nbytes)
+            self._bytes[name] += nbytes
         self._written += whole
         rest = buffered.take(slice(whole, None))
         self._pending, self._pending_len = [rest], len(rest)
@@ -523,7 +559,7 @@ class RayStoreWriter:
         if self._written != self.count:
             raise ValueError(f"{self.path}: {self._written} rays written, {self.count} declared")
         segments = [(0, self.count)] if self.count else []
-        return finish_ray_store(self.path, segments, [self._checksum.hexdigest()] * len(segments))["checksum"]
+        return finish_ray_store(self.path, segments, [_digest(self._crcs, self._bytes)] * len(segments))["checksum"]
 
 
 @dataclass(frozen=True)
