@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -145,41 +146,44 @@ class Driver:
     def run(self, address: str | None) -> dict[str, Any]:
         """Plan (or resume), write every batch, finalise; returns the summary, with the seconds of each phase."""
         started = time.perf_counter()
-        with closing(
-            make_engine("partition", self.config.engine, address, self.config.num_cpus, self.config.max_retries)
-        ) as engine:
-            saved = read_json(plan_path(self.workspace))
-            if (
-                saved is not None
-                and saved.get("fingerprint") == self.fingerprint
-                and saved.get("checksum_scheme") == CHECKSUM_SCHEME
-                and saved.get("schema_version") == SCHEMA_VERSION
-            ):
-                log.info("resuming the partition run in %s", work_path(self.workspace))
-                blocks = [Block.from_json(doc) for doc in saved["blocks"]]
-                plan = self.plan(blocks)
-            else:
-                remove_tree(join(self.workspace, BLOCKS_DIR))
-                remove_tree(work_path(self.workspace))
-                blocks, plan, merged = self._layout(engine)
-                voxels = self._write_voxels(blocks)
-                paths = [rays_path(self.workspace, b.id) for b in blocks]
-                capacity = len(self.batches) * self.slot_rows
-                create_ray_stores(paths, capacity, self.config.chunk_rays, self.slot_rows)
-                saved = {
-                    "fingerprint": self.fingerprint,
-                    "checksum_scheme": CHECKSUM_SCHEME,
-                    "schema_version": SCHEMA_VERSION,
-                    "blocks": [b.to_json() for b in blocks],
-                    "merged": merged,
-                    "voxels": voxels,
-                }
-                write_json_atomic(plan_path(self.workspace), saved)
-            planned = time.perf_counter()
-            markers = self._write_batches(engine, plan)
-            written = time.perf_counter()
-        stores = self._finalise(plan, markers)
-        summary = self._records(blocks, saved, markers, stores)
+        engine = make_engine("partition", self.config.engine, address, self.config.num_cpus, self.config.max_retries)
+        with ThreadPoolExecutor(1, "partition-map") as mapper:
+            with closing(engine):
+                saved = read_json(plan_path(self.workspace))
+                if (
+                    saved is not None
+                    and saved.get("fingerprint") == self.fingerprint
+                    and saved.get("checksum_scheme") == CHECKSUM_SCHEME
+                    and saved.get("schema_version") == SCHEMA_VERSION
+                ):
+                    log.info("resuming the partition run in %s", work_path(self.workspace))
+                    blocks = [Block.from_json(doc) for doc in saved["blocks"]]
+                    drawn = mapper.submit(self._draw_map, blocks)  # meanwhile: it needs only the blocks
+                    plan = self.plan(blocks)
+                else:
+                    remove_tree(join(self.workspace, BLOCKS_DIR))
+                    remove_tree(work_path(self.workspace))
+                    blocks, plan, merged = self._layout(engine)
+                    drawn = mapper.submit(self._draw_map, blocks)
+                    voxels = self._write_voxels(blocks)
+                    paths = [rays_path(self.workspace, b.id) for b in blocks]
+                    capacity = len(self.batches) * self.slot_rows
+                    create_ray_stores(paths, capacity, self.config.chunk_rays, self.slot_rows)
+                    saved = {
+                        "fingerprint": self.fingerprint,
+                        "checksum_scheme": CHECKSUM_SCHEME,
+                        "schema_version": SCHEMA_VERSION,
+                        "blocks": [b.to_json() for b in blocks],
+                        "merged": merged,
+                        "voxels": voxels,
+                    }
+                    write_json_atomic(plan_path(self.workspace), saved)
+                planned = time.perf_counter()
+                markers = self._write_batches(engine, plan)
+                written = time.perf_counter()
+            stores = self._finalise(plan, markers)
+            summary = self._records(blocks, saved, markers, stores)
+            drawn.result()
         phases = {"plan": planned - started, "batches": written - planned, "finish": time.perf_counter() - written}
         return {**summary, "timings": {name: round(seconds, 3) for name, seconds in phases.items()}}
 
@@ -250,10 +254,22 @@ class Driver:
         stores.update(zip(unfinished, finish_ray_stores(records), strict=True))
         return stores
 
+    def _draw_map(self, blocks: list[Block]) -> None:
+        """The partition map, drawn on a thread of its own while the run goes on."""
+        scene = self.scene
+        draw_partition_map(
+            join(self.workspace, MAP_NAME),
+            blocks,
+            self.xyz,
+            scene.camera_centres(),
+            scene.c2w[:, :3, 2],
+            np.array([im.split == "train" for im in scene.images]),
+        )
+
     def _records(
         self, blocks: list[Block], saved: dict[str, Any], markers: list[dict], stores: dict[str, dict]
     ) -> dict[str, Any]:
-        """Write each block.json and the map; return the summary."""
+        """Write each block.json; return the summary."""
         images: dict[str, set[int]] = {b.id: set() for b in blocks}
         background = dict.fromkeys(images, 0)
         dropped: dict[str, int] = {}
@@ -279,15 +295,6 @@ class Driver:
                     "voxels": "voxels.zarr",
                 },
             )
-        scene = self.scene
-        draw_partition_map(
-            join(self.workspace, MAP_NAME),
-            blocks,
-            self.xyz,
-            scene.camera_centres(),
-            scene.c2w[:, :3, 2],
-            np.array([im.split == "train" for im in scene.images]),
-        )
         rays = {b.id: stores[b.id]["count"] for b in blocks}
         assigned = sum(m["assigned_pixels"] for m in markers)
         foreground = {b: rays[b] - background[b] for b in rays}
