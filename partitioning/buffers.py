@@ -4,7 +4,8 @@ Every batch needs the same large arrays again: each image's pixels, rays and (ra
 its rays are laid out in. Left to malloc, a batch faults their pages in afresh wherever the heap does not hand
 back the memory it freed: always for arrays over glibc's largest mmap threshold (32 MB, the pairs of a 24 MP
 image), and for smaller ones when other allocations moved the heap (on the benchmark's 16 images of 1.2 MP, 225
-MB a run, from three images that needed more pairs than their buffers held). A `Pool` keeps them instead.
+MB a run, from three images that needed more pairs than their buffers held). A `Pool` keeps them instead, until
+the run's batches are over (`partitioning.tasks.release_buffers`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ class Pool(Generic[B]):
     def give(self, buffers: Iterable[B]) -> None:
         with self._lock:
             self._free.extend(buffers)
+
+    def clear(self) -> None:
+        """Drop every free buffer (a run is over: its process may go on to other work)."""
+        with self._lock:
+            self._free.clear()
 
     def __len__(self) -> int:
         """Free buffers held."""

@@ -49,7 +49,7 @@ from bigscene.store.workspace import join, read_json, write_json_atomic
 from partitioning.assign import BlockBoxes
 from partitioning.layout import Block, XStrips, grid_cells, kd_cells, make_blocks, merge_cell, order_cells
 from partitioning.mapplot import draw_partition_map
-from partitioning.tasks import FAULT_ENV, BatchJob, ImageJob, Plan, probe_batch, write_batch
+from partitioning.tasks import FAULT_ENV, BatchJob, ImageJob, Plan, probe_batch, release_buffers, write_batch
 from partitioning.voxels import Lattice, surface_voxels, visibility_grid
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,10 @@ class Driver:
                     }
                     write_json_atomic(plan_path(self.workspace), saved)
                 planned = time.perf_counter()
-                markers = self._write_batches(engine, plan)
+                try:
+                    markers = self._write_batches(engine, plan)
+                finally:
+                    release_buffers()  # what the inline engine's tasks kept in this process
                 written = time.perf_counter()
             stores = self._finalise(plan, markers)
             summary = self._records(blocks, saved, markers, stores)

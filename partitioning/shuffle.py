@@ -53,6 +53,11 @@ def _allocate_rays(count: int) -> Rays:
 _LAYOUT_BUFFERS: Pool[Rays] = Pool(_allocate_rays, len)
 
 
+def release_layout_buffers() -> None:
+    """Drop the layout buffers kept for a next batch."""
+    _LAYOUT_BUFFERS.clear()
+
+
 @dataclass
 class ImageRays:
     """One image's rays and their assignment: origin (3,) float32 (the camera centre, every ray's origin), dirs
@@ -118,6 +123,7 @@ class BatchLayout:
         turn, self._turn = self._turn, (self._turn + 1) % LAYOUT_BUFFERS
         out = self._buffers[turn]
         if out is None or len(out) < total:
+            self._buffers[turn] = None  # given back once: `release` must not give it again
             if out is not None:
                 _LAYOUT_BUFFERS.give([out])
             out = self._buffers[turn] = _LAYOUT_BUFFERS.take(total)

@@ -35,7 +35,7 @@ from partitioning.buffers import Pool
 from partitioning.camera_rays import image_rays
 from partitioning.compiled import COMPILED
 from partitioning.heap import keep_freed_memory
-from partitioning.shuffle import LAYOUT_BUFFERS, BatchLayout, ImageRays
+from partitioning.shuffle import LAYOUT_BUFFERS, BatchLayout, ImageRays, release_layout_buffers
 from partitioning.voxels import VisibilityGrid
 
 log = logging.getLogger(__name__)
@@ -99,18 +99,21 @@ class _ImageBuffers:
     rgb: np.ndarray
     dirs: np.ndarray
     pairs: PairBuffers | None
-    #: Room the largest image read into these buffers needed for its pairs (the kernel allocated its own where that
-    #: outgrew `pairs`).
-    pairs_needed: int = 0
+    #: The most pairs per pixel of an image read into these buffers (the kernel allocated its own pairs where they
+    #: outgrew `pairs`), and the room the kernel keeps for a group of rays.
+    pairs_per_pixel: float = 0.0
+    group_room: int = 0
 
     @classmethod
     def for_pixels(cls, n: int) -> _ImageBuffers:
         pairs = PairBuffers.for_rays(n) if COMPILED else None  # the numpy fallback makes its own
         return cls(np.empty((n, 3), np.uint8), np.empty((n, 3), np.float32), pairs)
 
-    def fit_pairs(self, needed: int) -> None:
-        """Make room for an eighth more than `needed` pairs if `pairs` holds fewer: allocated on the task's thread,
-        like the rest (a reader thread's arena gives large arrays back to the kernel)."""
+    def fit_pairs(self, pairs_per_pixel: float, group_room: int) -> None:
+        """Make room for an eighth more pairs than `pairs_per_pixel` of these buffers' pixels and `group_room` need,
+        if `pairs` holds fewer: allocated on the task's thread, like the rest (a reader thread's arena gives large
+        arrays back to the kernel)."""
+        needed = int(pairs_per_pixel * len(self.rgb)) + group_room
         if self.pairs is not None and needed > len(self.pairs.ray):
             self.pairs = PairBuffers.for_pairs(needed + needed // 8)
 
@@ -131,8 +134,9 @@ def _assign(
         rays, pairs = (origins, buffers.dirs[: len(pixels)]), buffers.pairs
     origins, dirs = image_rays(job.camera, job.c2w, pixels, rays)
     found = assign(origins, dirs, plan.boxes, plan.grid, plan.visibility_margin, plan.sky, pairs)
-    if buffers is not None:  # the kernel makes room unless a group of rays may add a pair per box
-        buffers.pairs_needed = max(buffers.pairs_needed, len(found.ray) + GROUP * len(plan.boxes))
+    if buffers is not None and len(pixels):  # the kernel makes room unless a group of rays may add a pair per box
+        buffers.pairs_per_pixel = max(buffers.pairs_per_pixel, len(found.ray) / len(pixels))
+        buffers.group_room = GROUP * len(plan.boxes)
     return origins, dirs, found
 
 
@@ -198,15 +202,22 @@ def _image_readers() -> ThreadPoolExecutor:
 @contextmanager
 def _image_buffers() -> Iterator[list[_ImageBuffers]]:
     """A list for the image buffers a batch takes from `_IMAGE_BUFFERS` (see `_reading`), given back when the block
-    exits (by then nothing reads them), each with room for the pairs of the batch's largest image."""
+    exits (by then nothing reads them), each with room for as many pairs per pixel as the batch's images had."""
     taken: list[_ImageBuffers] = []
     try:
         yield taken
     finally:
-        needed = max((buffers.pairs_needed for buffers in taken), default=0)
+        pairs_per_pixel = max((buffers.pairs_per_pixel for buffers in taken), default=0.0)
+        group_room = max((buffers.group_room for buffers in taken), default=0)
         for buffers in taken:
-            buffers.fit_pairs(needed)
+            buffers.fit_pairs(pairs_per_pixel, group_room)
         _IMAGE_BUFFERS.give(taken)
+
+
+def release_buffers() -> None:
+    """Drop this process's buffers kept for its next batch (`_IMAGE_BUFFERS`, the layout's): the run is over."""
+    _IMAGE_BUFFERS.clear()
+    release_layout_buffers()
 
 
 @contextmanager

@@ -381,6 +381,41 @@ def test_stored_chunks_mix_the_images_of_a_batch(inline_run: tuple[str, dict]) -
     assert 1 <= breaks <= 10  # runs of consecutive rays moved as wholes, not left in place
 
 
+def test_a_layout_gives_each_buffer_back_once_when_a_larger_one_cannot_be_had(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A range that needs a larger buffer gives its turn's buffer back before taking one; if that fails (memory),
+    the buffer is not given back a second time by `release`: two ranges of a later batch never share one."""
+
+    def allocate(count: int) -> Rays:
+        if count > 1000:
+            raise MemoryError("as a test")
+        return shuffle._allocate_rays(count)
+
+    pool = Pool(allocate, len)
+    monkeypatch.setattr(shuffle, "_LAYOUT_BUFFERS", pool)
+    rng = np.random.default_rng(3)
+    ray = np.arange(3000, dtype=np.int32)
+    block = np.repeat(np.arange(3, dtype=np.int32), [500, 2450, 50])  # block 1 needs more than the pool gives
+    image = shuffle.ImageRays(
+        0,
+        np.zeros(3, np.float32),
+        rng.normal(size=(3000, 3)).astype(np.float32),
+        np.zeros((3000, 3), np.uint8),
+        np.zeros((3000, 2), np.uint16),
+        ray,
+        block,
+        np.zeros((3000, 2), np.float32),
+    )
+    layout = shuffle.BatchLayout([image], 3, [[0, b] for b in range(3)])
+    layout.lay_out(0, 1)
+    layout.lay_out(2, 3)
+    layout.lay_out(0, 1)  # turn 0 again: the same buffer
+    pool.give([shuffle._allocate_rays(800)])  # another batch's, larger than turn 1's but too small for block 1
+    with pytest.raises(MemoryError):
+        layout.lay_out(1, 2)  # turn 1 gives its buffer back; the 800 makes way, and no larger one can be had
+    layout.release()
+    assert len(pool) == 2 and len({id(buffer) for buffer in pool._free}) == 2  # turns 0 and 1's, each once
+
+
 @pytest.mark.parametrize("compiled", [True, False], ids=["numba", "numpy"])
 def test_lay_out_copies_each_ray_to_its_shuffled_row(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """One copy per (ray, block) pair gives what joining each block's rays and shuffling them in runs gives."""
@@ -618,9 +653,10 @@ def test_buffer_pool_gives_the_smallest_fitting_buffer_and_holds_no_more_than_we
 def test_batches_reuse_their_buffers_and_pair_buffers_grow_once(
     city: Path, inline_run: tuple[str, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A process's batches read their images into the same buffers and lay their rays out in the same buffers;
-    pair buffers too small for an image (the kernel then allocated its own) are enlarged once, for the next batch.
-    The stores are those of a run without reuse."""
+    """A process's batches read their images into the same buffers and lay their rays out in the same buffers (a
+    range at a time, larger ones as ranges need them); pair buffers too small for an image (the kernel then
+    allocated its own) are enlarged once, for the next batch; the run drops them all when its batches are over. The
+    stores are those of a run without reuse."""
     allocated: list[int] = []
 
     def allocate_small_pairs(n: int) -> tasks._ImageBuffers:  # room for few pairs: every first image outgrows it
@@ -631,8 +667,9 @@ def test_batches_reuse_their_buffers_and_pair_buffers_grow_once(
     images, layouts = Pool(allocate_small_pairs, lambda b: len(b.rgb)), Pool(shuffle._allocate_rays, len)
     monkeypatch.setattr(tasks, "_IMAGE_BUFFERS", images)
     monkeypatch.setattr(shuffle, "_LAYOUT_BUFFERS", layouts)
-    read = tasks._read_image
-    pairs, grown = [], []
+    monkeypatch.setattr(tasks, "LAYOUT_RAYS", 1000)  # ranges of one or a few blocks, of different sizes
+    read, lay_out = tasks._read_image, shuffle.BatchLayout.lay_out
+    pairs, grown, laid = [], [], []
 
     def read_image(job, plan, order, pixel, buffers):  # noqa: ANN001, ANN202 (tasks._read_image's)
         image, found = read(job, plan, order, pixel, buffers)
@@ -640,15 +677,35 @@ def test_batches_reuse_their_buffers_and_pair_buffers_grow_once(
         grown.append(not np.shares_memory(found.ray, buffers.pairs.ray))  # the kernel allocated the pairs
         return image, found
 
+    def record_lay_out(layout: shuffle.BatchLayout, lo: int, hi: int) -> list[Rays]:
+        out = lay_out(layout, lo, hi)
+        laid.append((hi - lo, len(layouts)))
+        return out
+
     monkeypatch.setattr(tasks, "_read_image", read_image)
+    monkeypatch.setattr(shuffle.BatchLayout, "lay_out", record_lay_out)
     ws = copy_city(city, tmp_path / "ws")
     summary = run_partition(ws, config())
     per_task = 3  # OVERRIDES' images_per_task
-    assert len(pairs) == 15 and len(allocated) == per_task and len(images) == per_task  # later batches reused them
-    assert sum(grown) <= per_task + 1 < len(grown)  # each batch's buffers then hold the largest image's pairs
-    assert all(len(buffers.pairs.ray) >= max(pairs) for buffers in images._free)
-    assert 1 <= len(layouts) <= shuffle.LAYOUT_BUFFERS
+    assert len(pairs) == 15 and len(allocated) == per_task  # later batches reused the first one's buffers
+    assert sum(grown) <= per_task + 1 < len(grown)  # each batch's buffers then hold as many pairs per pixel
+    assert len(laid) > 2 * 5 and len(layouts) == len(images) == 0  # several ranges a batch; dropped at the end
     assert summary["checksum"] == inline_run[1]["checksum"] and summary["rays"] == inline_run[1]["rays"]
+
+
+def test_image_buffers_make_room_for_their_own_pixels_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a batch, each image buffer holds pairs for its own pixels at the batch's most pairs per pixel: a small
+    image's buffer does not grow to a large image's pairs."""
+    pool = Pool(tasks._ImageBuffers.for_pixels, lambda b: len(b.rgb))
+    monkeypatch.setattr(tasks, "_IMAGE_BUFFERS", pool)
+    with tasks._image_buffers() as taken:
+        taken += [pool.take(10_000), pool.take(100)]
+        taken[0].pairs_per_pixel, taken[1].pairs_per_pixel = 1.5, 3.0  # the small image crossed more blocks
+        for buffers in taken:
+            buffers.group_room = 256
+    large, small = sorted(pool._free, key=lambda b: len(b.rgb), reverse=True)
+    assert len(large.pairs.ray) >= 3.0 * 10_000 + 256 and len(small.pairs.ray) >= 3.0 * 100 + 256
+    assert len(small.pairs.ray) < 2 * (3.0 * 100 + 256)
 
 
 def test_a_bad_image_fails_its_task_once_the_other_readers_stop(
@@ -698,6 +755,13 @@ def test_missing_and_corrupt_images(city: Path, tmp_path: Path) -> None:
     summary = run_partition(ws, config("partition.skip_bad_images=true"))
     assert sorted(Path(p).name for p in summary["skipped_images"]) == ["view_001.png", "view_002.png"]
     assert summary["dropped"]["bad_image"] == 2 * WIDTH * HEIGHT
+    assert summary["assigned_pixels"] + sum(summary["dropped"].values()) == summary["pixels"]
+    scene = read_scene(ws)
+    first_batch = [scene.images[i].name for i in scene.split_indices("train")[:3]]  # OVERRIDES: 3 images a task
+    for name in first_batch:  # a batch without a readable image writes no rays
+        (images / name).write_bytes(b"not a png")
+    summary = run_partition(ws, config("partition.skip_bad_images=true", "partition.seed=1"), overwrite=True)
+    assert {Path(p).name for p in summary["skipped_images"]} == {*first_batch, "view_001.png", "view_002.png"}
     assert summary["assigned_pixels"] + sum(summary["dropped"].values()) == summary["pixels"]
 
 

@@ -1,5 +1,6 @@
 """The workspace scene store: written through bigscene.store, read back identically."""
 
+import json
 import posixpath
 import time
 from pathlib import Path
@@ -233,24 +234,42 @@ def test_a_slot_is_not_written_into_a_store_of_other_codecs(tmp_path: Path, shar
 
 def test_writes_checksum_their_chunks_as_ray_checksum_does(tmp_path: Path) -> None:
     """A slot write's checksums (combined from the CRC32Cs its threads take of each chunk) and RayStoreWriter's are
-    RayChecksum's over the same rays, whatever the chunks and however the rays are fed; a changed byte changes them."""
-    rays = _random_rays(1300, seed=11)
-    digest = RayChecksum()
-    for lo, hi in [(0, 100), (100, 612), (612, 613), (613, 1300)]:
-        digest.update(rays.take(slice(lo, hi)))
+    RayChecksum's over the same rays, whatever the chunks, however many stores a write has (an exact number of
+    chunks, none) and however the rays are fed; a changed byte changes them."""
+    rays = _random_rays(2 * blocks.WRITER_SHARD_CHUNKS * 256 + 77, seed=11)  # RayStoreWriter flushes 3 times
+    digests = {}
+    for n in (len(rays), 1300, 1024, 0):
+        digest = RayChecksum()
+        for lo, hi in [(0, 100), (100, 612), (612, 613), (613, n)]:  # pieces across chunk boundaries
+            digest.update(rays.take(slice(min(lo, n), min(hi, n))))
+        digests[n] = digest.hexdigest()
     for chunk in (256, 128, 2048):
-        path = str(tmp_path / f"slot{chunk}.zarr")
-        create_ray_store(path, 2048, chunk, 2048)
-        assert write_slot(0, [(path, rays)]) == [digest.hexdigest()], chunk
+        stores = [(str(tmp_path / f"slot{chunk}_{n}.zarr"), rays.take(slice(0, n))) for n in (1300, 1024, 0)]
+        for path, _ in stores:
+            create_ray_store(path, 2048, chunk, 2048)
+        assert write_slot(0, stores) == [digests[1300], digests[1024], digests[0]], chunk
+    assert write_slot(0, []) == []  # a range of blocks without rays
     writer = RayStoreWriter(str(tmp_path / "streamed.zarr"), len(rays), 256)
-    writer.append(rays.take(slice(0, 700)))
-    writer.append(rays.take(slice(700, None)))
-    assert writer.close() == store_checksum([digest.hexdigest()])
-    changed = rays.take(np.arange(len(rays)))  # a copy
+    for lo, hi in [(0, 700), (700, 5000), (5000, len(rays))]:
+        writer.append(rays.take(slice(lo, hi)))
+    assert writer.close() == store_checksum([digests[len(rays)]])
+    changed = rays.take(np.arange(1300))  # a copy
     changed.rgb[5, 0] ^= 1
     path = str(tmp_path / "changed.zarr")
     create_ray_store(path, 2048, 256, 2048)
-    assert write_slot(0, [(path, changed)]) != [digest.hexdigest()]
+    assert write_slot(0, [(path, changed)]) != [digests[1300]]
+
+
+def test_a_store_whose_columns_are_chunked_unlike_is_refused(tmp_path: Path) -> None:
+    """A write job covers a chunk of every column: a store whose columns differ in chunks or shards is refused."""
+    path = str(tmp_path / "unlike.zarr")
+    create_ray_store(path, 2048, 256, 1024)
+    document = tmp_path / "unlike.zarr" / "rgb" / "zarr.json"
+    metadata = json.loads(document.read_text())
+    metadata["chunk_grid"]["configuration"]["chunk_shape"][0] = 2048  # rgb's shard: 2048 rows, others 1024
+    document.write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match="unlike.zarr: its columns are not chunked alike"):
+        write_slot(0, [(path, _random_rays(10, seed=4))])
 
 
 def test_crc32c_combine_gives_the_crc32c_of_the_concatenation() -> None:

@@ -281,6 +281,9 @@ def _open_columns(path: str) -> list[_Column]:
         metadata = _array_metadata(fs.cat_file(posixpath.join(directory, "zarr.json")))
         chunk, shard, codec = _sharded_codecs(metadata, RAY_COLUMNS[name][1], f"{path}/{name}")
         columns.append(_Column(name, fs, directory, metadata, chunk, shard, codec))
+    if len({(c.chunk, c.shard, c.capacity) for c in columns}) > 1:  # a write job covers a chunk of every column
+        layouts = ", ".join(f"{c.name} {c.capacity} rows in chunks of {c.chunk}, shards of {c.shard}" for c in columns)
+        raise ValueError(f"{path}: its columns are not chunked alike ({layouts}); re-run the partition")
     return columns
 
 
@@ -402,8 +405,7 @@ def _put_chunk(shards: Sequence[_Shard], i: int, parts: Sequence[np.ndarray]) ->
     """Each part's CRC32C and length in bytes, once it is encoded as its shard's i-th chunk (the checksum brings the
     chunk into the cache the compressor then reads it from)."""
     out = []
-    for shard, part in zip(shards, parts, strict=True):
-        part = np.ascontiguousarray(part)
+    for shard, part in zip(shards, parts, strict=True):  # rows of a Rays column: contiguous
         out.append((google_crc32c.value(part), part.nbytes))
         shard.put(i, part)
     return out
@@ -463,7 +465,7 @@ def _write_rows(start: int, stores: Sequence[tuple[Sequence[_Column], Rays]]) ->
     """`_start_rows`, as a SlotWrite."""
     chunks = _start_rows(start, stores)
     counts = [-(-len(rays) // columns[0].chunk) for columns, rays in stores]  # chunk jobs per store
-    firsts = np.cumsum([0, *counts[:-1]], dtype=np.int64)
+    firsts = np.cumsum([0, *counts], dtype=np.int64)[:-1]
     nbytes = [{name: getattr(rays, name).nbytes for name in RAY_COLUMNS} for _, rays in stores]
     return SlotWrite(chunks, [(int(f), n, b) for f, n, b in zip(firsts, counts, nbytes, strict=True)])
 

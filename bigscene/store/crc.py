@@ -52,6 +52,8 @@ def _times_x_to_8_2_to(k: int) -> tuple[list[int], ...]:
 
 def crc32c_combine(crc1: int, crc2: int, length2: int) -> int:
     """The CRC32C of A followed by B from crc1 = crc32c(A), crc2 = crc32c(B) and B's length in bytes."""
+    if length2 < 0:
+        raise ValueError(f"crc32c_combine: a length of {length2} bytes")
     k = 0
     while length2:
         if length2 & 1:
