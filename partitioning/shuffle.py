@@ -77,10 +77,9 @@ class ImageRays:
 class BatchLayout:
     """Where one batch's rays go: each block's rays of `images` in batch order, shuffled by `shuffle_order` with a
     generator seeded by seeds[block]. `lay_out` copies the rays of a range of blocks into one of LAYOUT_BUFFERS
-    buffers reused in turn, so a task holds a few ranges' rays at a time rather than the whole batch's twice; `release`
-    gives them back for the next batch. Each
-    image's pairs are grouped by block once (a counting sort), so a range visits only its own pairs, and a block's
-    copies read its rays and write its rows front to back."""
+    buffers reused in turn, so a task holds a few ranges' rays at a time rather than the whole batch's twice;
+    `release` gives them back for the next batch. Each image's pairs are grouped by block once (a counting sort), so
+    a range visits only its own pairs, and a block's copies read its rays and write its rows front to back."""
 
     def __init__(self, images: list[ImageRays], num_blocks: int, seeds: list[list[int]]) -> None:
         self.images = images

@@ -100,9 +100,8 @@ class _ImageBuffers:
     dirs: np.ndarray
     pairs: PairBuffers | None
     #: The most pairs per pixel of an image read into these buffers (the kernel allocated its own pairs where they
-    #: outgrew `pairs`), and the room the kernel keeps for a group of rays.
+    #: outgrew `pairs`).
     pairs_per_pixel: float = 0.0
-    group_room: int = 0
 
     @classmethod
     def for_pixels(cls, n: int) -> _ImageBuffers:
@@ -110,9 +109,9 @@ class _ImageBuffers:
         return cls(np.empty((n, 3), np.uint8), np.empty((n, 3), np.float32), pairs)
 
     def fit_pairs(self, pairs_per_pixel: float, group_room: int) -> None:
-        """Make room for an eighth more pairs than `pairs_per_pixel` of these buffers' pixels and `group_room` need,
-        if `pairs` holds fewer: allocated on the task's thread, like the rest (a reader thread's arena gives large
-        arrays back to the kernel)."""
+        """Make room for an eighth more pairs than `pairs_per_pixel` of these buffers' pixels and `group_room` (the
+        room the kernel keeps for a group of rays) need, if `pairs` holds fewer: allocated on the task's thread, like
+        the rest (a reader thread's arena gives large arrays back to the kernel)."""
         needed = int(pairs_per_pixel * len(self.rgb)) + group_room
         if self.pairs is not None and needed > len(self.pairs.ray):
             self.pairs = PairBuffers.for_pairs(needed + needed // 8)
@@ -134,9 +133,8 @@ def _assign(
         rays, pairs = (origins, buffers.dirs[: len(pixels)]), buffers.pairs
     origins, dirs = image_rays(job.camera, job.c2w, pixels, rays)
     found = assign(origins, dirs, plan.boxes, plan.grid, plan.visibility_margin, plan.sky, pairs)
-    if buffers is not None and len(pixels):  # the kernel makes room unless a group of rays may add a pair per box
+    if buffers is not None and len(pixels):
         buffers.pairs_per_pixel = max(buffers.pairs_per_pixel, len(found.ray) / len(pixels))
-        buffers.group_room = GROUP * len(plan.boxes)
     return origins, dirs, found
 
 
@@ -200,17 +198,17 @@ def _image_readers() -> ThreadPoolExecutor:
 
 
 @contextmanager
-def _image_buffers() -> Iterator[list[_ImageBuffers]]:
+def _image_buffers(num_blocks: int) -> Iterator[list[_ImageBuffers]]:
     """A list for the image buffers a batch takes from `_IMAGE_BUFFERS` (see `_reading`), given back when the block
-    exits (by then nothing reads them), each with room for as many pairs per pixel as the batch's images had."""
+    exits (by then nothing reads them), each with room for as many pairs per pixel as the batch's images had, and
+    for the pairs a group of rays may add, one per block, before the kernel makes room."""
     taken: list[_ImageBuffers] = []
     try:
         yield taken
     finally:
         pairs_per_pixel = max((buffers.pairs_per_pixel for buffers in taken), default=0.0)
-        group_room = max((buffers.group_room for buffers in taken), default=0)
         for buffers in taken:
-            buffers.fit_pairs(pairs_per_pixel, group_room)
+            buffers.fit_pairs(pairs_per_pixel, GROUP * num_blocks)
         _IMAGE_BUFFERS.give(taken)
 
 
@@ -254,7 +252,7 @@ def write_batch(batch: BatchJob, plan: Plan) -> dict:
     """Read, assign and write one batch; returns (and records in the workspace) the batch's marker."""
     keep_freed_memory()
     num_blocks = len(plan.block_ids)
-    with _image_buffers() as taken:
+    with _image_buffers(num_blocks) as taken:
         read = _read_batch(batch, plan, taken)
         layout = BatchLayout(read.images, num_blocks, [[plan.seed, batch.index, b] for b in range(num_blocks)])
         try:

@@ -698,11 +698,9 @@ def test_image_buffers_make_room_for_their_own_pixels_pairs(monkeypatch: pytest.
     image's buffer does not grow to a large image's pairs."""
     pool = Pool(tasks._ImageBuffers.for_pixels, lambda b: len(b.rgb))
     monkeypatch.setattr(tasks, "_IMAGE_BUFFERS", pool)
-    with tasks._image_buffers() as taken:
+    with tasks._image_buffers(num_blocks=1) as taken:  # room for a group's pairs: GROUP = 256 per block
         taken += [pool.take(10_000), pool.take(100)]
         taken[0].pairs_per_pixel, taken[1].pairs_per_pixel = 1.5, 3.0  # the small image crossed more blocks
-        for buffers in taken:
-            buffers.group_room = 256
     large, small = sorted(pool._free, key=lambda b: len(b.rgb), reverse=True)
     assert len(large.pairs.ray) >= 3.0 * 10_000 + 256 and len(small.pairs.ray) >= 3.0 * 100 + 256
     assert len(small.pairs.ray) < 2 * (3.0 * 100 + 256)

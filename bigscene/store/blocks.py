@@ -123,16 +123,10 @@ class Rays:
 CHECKSUM_SCHEME = "crc32c-columns"
 
 
-def _digest(crcs: dict[str, int], nbytes: dict[str, int]) -> str:
-    """SHA-256 of each column's CRC32C and byte count."""
-    record = ";".join(f"{name}:{crcs[name]:08x}:{nbytes[name]}" for name in RAY_COLUMNS)
-    return hashlib.sha256(record.encode()).hexdigest()
-
-
 class RayChecksum:
     """CRC32C of each column's bytes in ray order (hardware-accelerated, several GB/s), combined with the byte
     counts by SHA-256: equal stores have equal checksums, and a re-run that writes different rays is caught.
-    Writes get the same digest from the CRC32Cs their threads take of each chunk (`SlotWrite.result`)."""
+    Writes build the same digest from the CRC32Cs their threads take of each chunk (`add`, `SlotWrite.checksums`)."""
 
     def __init__(self) -> None:
         self._crc = dict.fromkeys(RAY_COLUMNS, 0)
@@ -144,8 +138,19 @@ class RayChecksum:
             self._crc[name] = google_crc32c.extend(self._crc[name], column)
             self._bytes[name] += column.nbytes
 
+    def add(self, name: str, crc: int, nbytes: int) -> None:
+        """Column `name`'s next `nbytes` bytes, given by their CRC32C."""
+        self._crc[name] = crc32c_combine(self._crc[name], crc, nbytes)
+        self._bytes[name] += nbytes
+
+    def extend(self, other: RayChecksum) -> None:
+        """The rays `other` digested, after these."""
+        for name in RAY_COLUMNS:
+            self.add(name, other._crc[name], other._bytes[name])
+
     def hexdigest(self) -> str:
-        return _digest(self._crc, self._bytes)
+        record = ";".join(f"{name}:{self._crc[name]:08x}:{self._bytes[name]}" for name in RAY_COLUMNS)
+        return hashlib.sha256(record.encode()).hexdigest()
 
 
 def block_dir(workspace: str, block_id: str) -> str:
@@ -414,30 +419,30 @@ def _put_chunk(shards: Sequence[_Shard], i: int, parts: Sequence[np.ndarray]) ->
 @dataclass
 class SlotWrite:
     """A `start_slot` write under way: `result()` waits for its chunks and returns each store's RayChecksum, from
-    the CRC32Cs its chunk jobs took (`stores`: each store's first job, job count and bytes per column)."""
+    the CRC32Cs its chunk jobs took (`stores`: each store's first job and job count)."""
 
     chunks: list[Future]
-    stores: list[tuple[int, int, dict[str, int]]]
+    stores: list[tuple[int, int]]
 
     def result(self) -> list[str]:
         """Each store's RayChecksum once every chunk is written; if one failed, its error once the others are over
         (`abandon`): no chunk of a failed write is still being written when the caller hears of it."""
-        return [_digest(crcs, nbytes) for crcs, (_, _, nbytes) in zip(self.store_crcs(), self.stores, strict=True)]
+        return [checksum.hexdigest() for checksum in self.checksums()]
 
-    def store_crcs(self) -> list[dict[str, int]]:
-        """Each store's CRC32C per column, of its rays in order, once every chunk is written (errors as `result`)."""
+    def checksums(self) -> list[RayChecksum]:
+        """Each store's RayChecksum of its rays, once every chunk is written (errors as `result`)."""
         try:
             chunk_crcs = [chunk.result() for chunk in self.chunks]  # per job: each column's (CRC32C, bytes)
         except BaseException:
             self.abandon()
             raise
         out = []
-        for first, count, _ in self.stores:
-            crcs = dict.fromkeys(RAY_COLUMNS, 0)
+        for first, count in self.stores:
+            checksum = RayChecksum()
             for job in chunk_crcs[first : first + count]:
-                for name, (crc, length) in zip(RAY_COLUMNS, job, strict=True):
-                    crcs[name] = crc32c_combine(crcs[name], crc, length)
-            out.append(crcs)
+                for name, (crc, nbytes) in zip(RAY_COLUMNS, job, strict=True):
+                    checksum.add(name, crc, nbytes)
+            out.append(checksum)
         return out
 
     def abandon(self) -> None:
@@ -466,8 +471,7 @@ def _write_rows(start: int, stores: Sequence[tuple[Sequence[_Column], Rays]]) ->
     chunks = _start_rows(start, stores)
     counts = [-(-len(rays) // columns[0].chunk) for columns, rays in stores]  # chunk jobs per store
     firsts = np.cumsum([0, *counts], dtype=np.int64)[:-1]
-    nbytes = [{name: getattr(rays, name).nbytes for name in RAY_COLUMNS} for _, rays in stores]
-    return SlotWrite(chunks, [(int(f), n, b) for f, n, b in zip(firsts, counts, nbytes, strict=True)])
+    return SlotWrite(chunks, [(int(first), count) for first, count in zip(firsts, counts, strict=True)])
 
 
 def write_slot(start: int, stores: Sequence[tuple[str, Rays]]) -> list[str]:
@@ -531,8 +535,7 @@ class RayStoreWriter:
         self._pending: list[Rays] = []
         self._pending_len = 0
         self._written = 0
-        self._crcs = dict.fromkeys(RAY_COLUMNS, 0)
-        self._bytes = dict.fromkeys(RAY_COLUMNS, 0)
+        self._checksum = RayChecksum()
 
     def append(self, rays: Rays) -> None:
         self._pending.append(rays)
@@ -546,11 +549,7 @@ class RayStoreWriter:
         if self._written + whole > self.count:
             raise ValueError(f"{self.path}: more rays appended than the {self.count} declared")
         out = buffered.take(slice(0, whole))
-        crcs = _write_rows(self._written, [(self._columns, out)]).store_crcs()[0]
-        for name in RAY_COLUMNS:
-            nbytes = getattr(out, name).nbytes
-            self._crcs[name] = crc32c_combine(self._crcs[name], crcs[name], nbytes)
-            self._bytes[name] += nbytes
+        self._checksum.extend(_write_rows(self._written, [(self._columns, out)]).checksums()[0])
         self._written += whole
         rest = buffered.take(slice(whole, None))
         self._pending, self._pending_len = [rest], len(rest)
@@ -561,7 +560,7 @@ class RayStoreWriter:
         if self._written != self.count:
             raise ValueError(f"{self.path}: {self._written} rays written, {self.count} declared")
         segments = [(0, self.count)] if self.count else []
-        return finish_ray_store(self.path, segments, [_digest(self._crcs, self._bytes)] * len(segments))["checksum"]
+        return finish_ray_store(self.path, segments, [self._checksum.hexdigest()] * len(segments))["checksum"]
 
 
 @dataclass(frozen=True)
